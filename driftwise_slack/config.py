@@ -1,0 +1,276 @@
+"""Configuration: the names of SPEC §2, their defaults, and the one ``Settings`` value.
+
+Each name is looked up in ``app.config`` first, then in the environment, then here. Everything is
+read once, in ``init_app``, and passed down as :class:`Settings`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import typing as t
+
+from .errors import ConfigurationError
+
+#: Slack's Web API base.
+DEFAULT_API_URL = "https://slack.com/api/"
+#: Slack's consent page.
+DEFAULT_AUTHORIZE_URL = "https://slack.com/oauth/v2/authorize"
+#: Where the browser lands after the callback.
+DEFAULT_SETTINGS_URL = "/settings"
+#: Seconds an OAuth state stays valid.
+DEFAULT_STATE_MAX_AGE = 600
+#: flask-limiter limit for the callback, per source IP.
+DEFAULT_CALLBACK_RATE_LIMIT = "10 per minute"
+#: Consecutive scheduled-scan failures before the reference host disables a schedule.
+DEFAULT_DISABLE_AFTER = 3
+#: Messages per channel that we allow ourselves to post (Slack allows about one a second).
+DEFAULT_CHANNEL_RATE = "1 per second"
+#: Seconds before a Slack call gives up; below gunicorn's 30 s worker timeout.
+DEFAULT_SLACK_TIMEOUT = 10.0
+#: Days a delivery row is kept.
+DEFAULT_DELIVERY_RETENTION_DAYS = 30
+#: The bot's display name, used in "/invite @..." hints.
+DEFAULT_BOT_NAME = "driftwise"
+#: The scopes we ask for; the spec fixes them.
+SCOPES = ("chat:write", "incoming-webhook")
+#: Shortest acceptable server encryption key.
+MIN_KEY_LENGTH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One configuration name, for lookup and for the README table."""
+
+    name: str
+    field: str
+    meaning: str
+    default: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("DATABASE_URL", "database_url", "SQLAlchemy URL; `postgresql://` uses psycopg2",
+           "SQLite file in the instance folder"),
+    Option("REDIS_URL", "redis_url", "Redis for RQ and the rate limiter",
+           "none: embedded in-process queue (demo)"),
+    Option("DRIFTWISE_ENCRYPTION_KEY", "encryption_key",
+           "server key (>= 32 chars): signs OAuth state, encrypts tokens (HKDF sub-key per use)",
+           "required outside demo mode"),
+    Option("DRIFTWISE_ENCRYPTION_KEYS_OLD", "encryption_keys_old",
+           "comma-separated older keys still accepted for decryption/verification", "empty"),
+    Option("SLACK_CLIENT_ID", "client_id", "the Slack app's client id", "none: unavailable"),
+    Option("SLACK_CLIENT_SECRET", "client_secret", "the Slack app's client secret",
+           "none: unavailable"),
+    Option("SLACK_REDIRECT_URI", "redirect_uri", "callback URL registered at Slack",
+           "the callback route, external"),
+    Option("SLACK_API_URL", "api_url", "base of Slack's Web API", DEFAULT_API_URL),
+    Option("SLACK_AUTHORIZE_URL", "authorize_url", "Slack's consent page", DEFAULT_AUTHORIZE_URL),
+    Option("SLACK_SETTINGS_URL", "settings_url", "where the browser lands after the callback",
+           DEFAULT_SETTINGS_URL),
+    Option("SLACK_STATE_MAX_AGE", "state_max_age", "seconds an OAuth state stays valid",
+           str(DEFAULT_STATE_MAX_AGE)),
+    Option("SLACK_CALLBACK_RATE_LIMIT", "callback_rate_limit",
+           "flask-limiter limit for the callback, per source IP", DEFAULT_CALLBACK_RATE_LIMIT),
+    Option("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri",
+           "flask-limiter storage; must be shared (Redis) with several workers/hosts",
+           "`REDIS_URL` if set, else `memory://`"),
+    Option("DRIFTWISE_DISABLE_AFTER", "disable_after",
+           "consecutive scheduled-scan failures before a schedule is disabled",
+           str(DEFAULT_DISABLE_AFTER)),
+    Option("DRIFTWISE_TRUSTED_PROXIES", "trusted_proxies",
+           "number of reverse proxies in front of the app whose X-Forwarded-For is trusted",
+           "0: X-Forwarded-For ignored"),
+    Option("DRIFTWISE_BASE_URL", "base_url", "public base URL of DriftWise, for links in messages",
+           "the request's host (CLI/worker: http://localhost:5000)"),
+    Option("SLACK_CHANNEL_RATE", "channel_rate",
+           "how fast we post to one channel (a `limits` string)", DEFAULT_CHANNEL_RATE),
+    Option("SLACK_TIMEOUT", "slack_timeout", "seconds before a Slack call gives up",
+           str(DEFAULT_SLACK_TIMEOUT)),
+    Option("SLACK_BOT_NAME", "bot_name", "the bot's name in `/invite @...` hints", DEFAULT_BOT_NAME),
+    Option("SLACK_SIGNING_SECRET", "signing_secret", "verifies Events API requests",
+           "none: events route off"),
+    Option("SLACK_APP_ID", "app_id", "the app id the exchange must report", "none: not checked"),
+    Option("DRIFTWISE_DELIVERY_RETENTION_DAYS", "delivery_retention_days",
+           "days a delivery row is kept before cleanup prunes it",
+           str(DEFAULT_DELIVERY_RETENTION_DAYS)),
+    Option("DRIFTWISE_DEMO", "demo", "demo mode: a key is generated into the instance folder",
+           "off"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the package reads from configuration, read once in ``init_app``."""
+
+    #: ``DATABASE_URL``
+    database_url: str
+    #: ``DRIFTWISE_ENCRYPTION_KEY``: never logged, never in ``repr``.
+    encryption_key: str = dataclasses.field(repr=False)
+    #: ``DRIFTWISE_ENCRYPTION_KEYS_OLD``, oldest first, as written.
+    encryption_keys_old: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    #: ``REDIS_URL``; ``None`` selects the embedded queue.
+    redis_url: str | None = None
+    #: ``SLACK_CLIENT_ID``
+    client_id: str | None = None
+    #: ``SLACK_CLIENT_SECRET``: never logged, never in ``repr``.
+    client_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: ``SLACK_REDIRECT_URI``; ``None`` means the callback route, external.
+    redirect_uri: str | None = None
+    #: ``SLACK_API_URL``, always ending in ``/``.
+    api_url: str = DEFAULT_API_URL
+    #: ``SLACK_AUTHORIZE_URL``
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    #: ``SLACK_SETTINGS_URL``
+    settings_url: str = DEFAULT_SETTINGS_URL
+    #: ``SLACK_STATE_MAX_AGE`` in seconds.
+    state_max_age: int = DEFAULT_STATE_MAX_AGE
+    #: ``SLACK_CALLBACK_RATE_LIMIT``
+    callback_rate_limit: str = DEFAULT_CALLBACK_RATE_LIMIT
+    #: ``RATELIMIT_STORAGE_URI``
+    ratelimit_storage_uri: str = "memory://"
+    #: ``DRIFTWISE_DISABLE_AFTER``
+    disable_after: int = DEFAULT_DISABLE_AFTER
+    #: ``DRIFTWISE_TRUSTED_PROXIES``
+    trusted_proxies: int = 0
+    #: ``DRIFTWISE_BASE_URL``
+    base_url: str | None = None
+    #: ``SLACK_CHANNEL_RATE``
+    channel_rate: str = DEFAULT_CHANNEL_RATE
+    #: ``SLACK_TIMEOUT`` in seconds.
+    slack_timeout: float = DEFAULT_SLACK_TIMEOUT
+    #: ``SLACK_BOT_NAME``
+    bot_name: str = DEFAULT_BOT_NAME
+    #: ``SLACK_SIGNING_SECRET``: never logged.
+    signing_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: ``SLACK_APP_ID``
+    app_id: str | None = None
+    #: ``DRIFTWISE_DELIVERY_RETENTION_DAYS``
+    delivery_retention_days: int = DEFAULT_DELIVERY_RETENTION_DAYS
+    #: ``DRIFTWISE_DEMO``
+    demo: bool = False
+
+    @property
+    def available(self) -> bool:
+        """Slack can be used only when both the client id and the secret are set."""
+        return bool(self.client_id and self.client_secret)
+
+
+def _lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> t.Any:
+    value = config.get(name)
+    if value is None or value == "":
+        value = environ.get(name)
+    return None if value == "" else value
+
+
+def _as_bool(value: t.Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _as_int(name: str, value: t.Any, *, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a whole number, got {value!r}.") from None
+    if number < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {number}.")
+    return number
+
+
+def _demo_key(instance_path: str) -> str:
+    """A per-checkout demo key kept in the instance folder, so CLI and web agree on it."""
+    path = os.path.join(instance_path, "driftwise-demo.key")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        os.makedirs(instance_path, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(key)
+        return key
+
+
+def load_settings(
+    config: t.Mapping[str, t.Any],
+    environ: t.Mapping[str, str] | None = None,
+    *,
+    instance_path: str = "instance",
+) -> Settings:
+    """Read every option once. Raises :class:`ConfigurationError` with an actionable message."""
+    env = os.environ if environ is None else environ
+    raw = {opt.field: _lookup(opt.name, config, env) for opt in OPTIONS}
+    demo = _as_bool(raw["demo"] or False)
+
+    key = raw["encryption_key"]
+    if key is None and demo:
+        key = _demo_key(instance_path)
+    if key is None:
+        raise ConfigurationError(
+            "DRIFTWISE_ENCRYPTION_KEY is not set. Generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` and set it in the "
+            "environment of the web app and the worker."
+        )
+    if len(str(key)) < MIN_KEY_LENGTH:
+        raise ConfigurationError(
+            f"DRIFTWISE_ENCRYPTION_KEY is too short: use at least {MIN_KEY_LENGTH} characters."
+        )
+    old = tuple(k.strip() for k in str(raw["encryption_keys_old"] or "").split(",") if k.strip())
+    for old_key in old:
+        if len(old_key) < MIN_KEY_LENGTH:
+            raise ConfigurationError(
+                "Every key in DRIFTWISE_ENCRYPTION_KEYS_OLD needs at least "
+                f"{MIN_KEY_LENGTH} characters."
+            )
+
+    database_url = raw["database_url"] or "sqlite:///" + os.path.join(
+        os.path.abspath(instance_path), "driftwise.sqlite3"
+    )
+    redis_url = raw["redis_url"]
+    api_url = str(raw["api_url"] or DEFAULT_API_URL)
+    if not api_url.endswith("/"):
+        api_url += "/"
+    timeout = float(raw["slack_timeout"] or DEFAULT_SLACK_TIMEOUT)
+    if not 0 < timeout <= 25:
+        raise ConfigurationError("SLACK_TIMEOUT must be between 0 and 25 seconds.")
+
+    return Settings(
+        database_url=str(database_url),
+        encryption_key=str(key),
+        encryption_keys_old=old,
+        redis_url=redis_url,
+        client_id=raw["client_id"],
+        client_secret=raw["client_secret"],
+        redirect_uri=raw["redirect_uri"],
+        api_url=api_url,
+        authorize_url=str(raw["authorize_url"] or DEFAULT_AUTHORIZE_URL),
+        settings_url=str(raw["settings_url"] or DEFAULT_SETTINGS_URL),
+        state_max_age=_as_int("SLACK_STATE_MAX_AGE", raw["state_max_age"] or DEFAULT_STATE_MAX_AGE,
+                              minimum=1),
+        callback_rate_limit=str(raw["callback_rate_limit"] or DEFAULT_CALLBACK_RATE_LIMIT),
+        ratelimit_storage_uri=str(raw["ratelimit_storage_uri"] or redis_url or "memory://"),
+        disable_after=_as_int("DRIFTWISE_DISABLE_AFTER",
+                              raw["disable_after"] or DEFAULT_DISABLE_AFTER, minimum=1),
+        trusted_proxies=_as_int("DRIFTWISE_TRUSTED_PROXIES", raw["trusted_proxies"] or 0,
+                                minimum=0),
+        base_url=(str(raw["base_url"]).rstrip("/") if raw["base_url"] else None),
+        channel_rate=str(raw["channel_rate"] or DEFAULT_CHANNEL_RATE),
+        slack_timeout=timeout,
+        bot_name=str(raw["bot_name"] or DEFAULT_BOT_NAME),
+        signing_secret=raw["signing_secret"],
+        app_id=raw["app_id"],
+        delivery_retention_days=_as_int(
+            "DRIFTWISE_DELIVERY_RETENTION_DAYS",
+            raw["delivery_retention_days"] or DEFAULT_DELIVERY_RETENTION_DAYS, minimum=1),
+        demo=demo,
+    )
+
+
+def normalize_database_url(url: str) -> str:
+    """A plain ``postgresql://`` (or Heroku-style ``postgres://``) URL uses psycopg2."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url

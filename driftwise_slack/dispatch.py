@@ -1,0 +1,111 @@
+"""The dispatcher: a scan event becomes a delivery row, then a queued job.
+
+The row is written in the caller's transaction (or our own), so a notification is never lost:
+if Redis cannot take the job right now, the row stays ``pending`` and the sweeper queues it later.
+The same event dispatched twice writes one row (its ``dedupe_key`` is unique) and posts once.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import typing as t
+
+from redis.exceptions import RedisError
+from sqlalchemy import event as sa_event
+from sqlalchemy import update
+
+from .host import ScanEvent
+from .models import Delivery, DeliveryStatus, utcnow
+from .queue import enqueue_delivery, get_queue, new_job_id
+from .repository import DeliveryRepository
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .extension import _State
+
+log = logging.getLogger(__name__)
+
+#: How long a queued row is trusted to be on the queue before the sweeper checks on it.
+QUEUE_LEASE = dt.timedelta(seconds=60)
+#: Longest error text we keep (the message builder cuts further for Slack).
+MAX_ERROR = 20_000
+
+
+def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
+    """The row for ``event``: queued, or skipped at once when the schedule has no channel."""
+    channel = (event.channel or "").strip() or None
+    row = Delivery(
+        dedupe_key=event.dedupe_key[:255], org_id=event.org_id, event_type=event.type.value,
+        schedule_id=event.schedule_id, schedule_name=event.schedule_name[:255], channel=channel,
+        run_id=event.run_id[:64], error=(event.error or "")[:MAX_ERROR],
+        consecutive_failures=event.consecutive_failures, disable_after=event.disable_after,
+        occurred_at=event.occurred_at, created_at=now, updated_at=now, attempts=0,
+        status=DeliveryStatus.QUEUED.value,
+    )
+    if channel is None:
+        row.status = DeliveryStatus.SKIPPED.value
+        row.reason = "No Slack channel is set on this schedule."
+    else:
+        row.job_id = new_job_id(0)
+        row.lease_until = now + QUEUE_LEASE
+    return row
+
+
+def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None) -> None:
+    """Accept ``event``. Never raises for a Redis outage; the delivery row is the promise.
+
+    With ``session``, the row joins the caller's transaction and the job is queued only after
+    that transaction commits. Event types that are not sent to Slack are ignored.
+    """
+    if not event.type.notifies:
+        log.debug("event %s is not sent to Slack", event.type.value)
+        return
+    own = session is None
+    db = state.session() if own else session
+    assert db is not None
+    row = DeliveryRepository(db).add_unique(build_delivery(event, now=utcnow()))
+    if row is None:
+        log.info("duplicate event %s ignored", event.dedupe_key)
+        return
+    db.flush()
+    if row.status != DeliveryStatus.QUEUED.value:
+        if own:
+            db.commit()
+        return
+    if not state.settings.redis_url and not state.embedded_worker_running:
+        # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
+        # leave the row to that process's sweeper rather than to our private fakeredis.
+        row.status, row.job_id, row.lease_until = DeliveryStatus.PENDING.value, None, None
+        if own:
+            db.commit()
+        return
+    delivery_id, job_id = row.id, t.cast(str, row.job_id)
+    if own:
+        db.commit()
+        enqueue_after_commit(state, delivery_id, job_id)
+    else:
+        sa_event.listen(db, "after_commit",
+                        lambda _s: enqueue_after_commit(state, delivery_id, job_id), once=True)
+
+
+def enqueue_after_commit(state: _State, delivery_id: int, job_id: str) -> None:
+    """Queue the committed row; on a Redis outage mark it ``pending`` for the sweeper."""
+    try:
+        enqueue_delivery(get_queue(state.redis), delivery_id, job_id=job_id)
+    except RedisError as exc:
+        log.error("could not queue delivery %s (%s); the sweeper will retry", delivery_id,
+                  type(exc).__name__)
+        _mark_pending(state, delivery_id)
+
+
+def _mark_pending(state: _State, delivery_id: int) -> None:
+    """Hand the row to the sweeper now; if even that fails, its lease runs out in a minute."""
+    try:
+        with state.engine.begin() as conn:
+            conn.execute(update(Delivery).where(Delivery.id == delivery_id,
+                                                Delivery.status == DeliveryStatus.QUEUED.value)
+                         .values(status=DeliveryStatus.PENDING.value, lease_until=None,
+                                 job_id=None, updated_at=utcnow()))
+    except Exception:
+        log.exception("could not mark delivery %s pending; its lease will lapse", delivery_id)

@@ -1,0 +1,127 @@
+"""The contract between ``driftwise_slack`` and the DriftWise app that mounts it.
+
+The package never reaches into the host's tables or its request handling. Everything it needs
+from the host goes through one object that satisfies :class:`HostAdapter`; the values it hands
+back are the small frozen types defined here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import typing as t
+
+
+class Role(str, enum.Enum):
+    """A member's role in an org. Only owners and admins may connect or disconnect Slack."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+    @property
+    def can_manage(self) -> bool:
+        return self in (Role.OWNER, Role.ADMIN)
+
+
+class Plan(str, enum.Enum):
+    """An org's billing plan. Slack is a Team and Enterprise feature."""
+
+    FREE = "free"
+    TEAM = "team"
+    ENTERPRISE = "enterprise"
+
+    @property
+    def allows_slack(self) -> bool:
+        return self in (Plan.TEAM, Plan.ENTERPRISE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who is calling: one user acting in one org. Ids are the host's, as strings."""
+
+    org_id: str
+    user_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEvent:
+    """One audit record. ``details`` holds ids and names only, never a secret."""
+
+    action: str
+    org_id: str
+    user_id: str | None
+    details: t.Mapping[str, t.Any]
+    created_at: dt.datetime = dataclasses.field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc)
+    )
+
+
+@t.runtime_checkable
+class HostAdapter(t.Protocol):
+    """What the host app provides. Implement it once and pass it to ``SlackIntegration``.
+
+    ``current_caller`` is only called inside a request to an ``/api/v2`` route and returns
+    ``None`` when the request carries no valid credentials. The other methods may be called from
+    a request, from the CLI or from the RQ worker, always inside an app context.
+
+    ``plan_of`` may raise: the package then fails closed (503 on the callback, a skipped delivery
+    in the worker) rather than guessing.
+    """
+
+    def current_caller(self) -> Caller | None:
+        """The authenticated caller of the current request, or ``None``."""
+
+    def role_of(self, *, org_id: str, user_id: str) -> Role | None:
+        """The user's role in the org, or ``None`` when they are not a member (any more)."""
+
+    def plan_of(self, org_id: str) -> Plan | None:
+        """The org's plan, or ``None`` when the org does not exist (any more)."""
+
+    def write_audit(self, event: AuditEvent) -> None:
+        """Append one event to the host's audit log."""
+
+    def schedule_url(self, *, org_id: str, schedule_id: str) -> str:
+        """An absolute link to a schedule in DriftWise, used in messages."""
+
+
+class EventType(str, enum.Enum):
+    """What happened to a scan. Only the first two are ever sent to Slack."""
+
+    SCHEDULED_SCAN_FAILED = "scheduled_scan_failed"
+    SCHEDULE_AUTO_DISABLED = "schedule_auto_disabled"
+    #: Accepted and ignored: ad-hoc results, successes and drift summaries are not sent to Slack.
+    ADHOC_SCAN_FAILED = "adhoc_scan_failed"
+    SCAN_SUCCEEDED = "scan_succeeded"
+    DRIFT_SUMMARY = "drift_summary"
+
+    @property
+    def notifies(self) -> bool:
+        return self in (EventType.SCHEDULED_SCAN_FAILED, EventType.SCHEDULE_AUTO_DISABLED)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanEvent:
+    """A scan outcome the host hands to the dispatcher.
+
+    ``run_id`` identifies the scan run; with ``type`` and ``schedule_id`` it forms the
+    deduplication key, so dispatching the same event twice posts once. ``channel`` is the
+    schedule's ``notify_slack_channel`` at the time of the event (a channel id or ``#name``).
+    """
+
+    type: EventType
+    org_id: str
+    schedule_id: str
+    schedule_name: str
+    channel: str | None
+    run_id: str
+    error: str = ""
+    consecutive_failures: int = 0
+    disable_after: int | None = None
+    occurred_at: dt.datetime = dataclasses.field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc)
+    )
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.type.value}:{self.org_id}:{self.schedule_id}:{self.run_id}"

@@ -1,0 +1,236 @@
+"""RQ job functions. They take ids only: no token or message text ever sits in Redis.
+
+``deliver`` claims its delivery row, re-checks plan and installation at send time, decrypts the
+token in memory, posts, and records the outcome. Slack's answers map to: sent; rescheduled (rate
+limit, pacing, transient errors with backoff); or a final status with a reason a person can act on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import typing as t
+
+from redis.exceptions import RedisError
+
+from . import messages
+from .errors import (ChannelError, DeadToken, RateLimited, SlackApiError, TransientSlackError,
+                     VaultError)
+from .host import EventType
+from .models import Delivery, DeliveryStatus, Installation
+from .pacing import ChannelPacer
+from .queue import enqueue_delivery, get_queue, new_job_id
+from .repository import DeliveryRepository, InstallationRepository
+from .tokens import usable_token
+
+if t.TYPE_CHECKING:
+    from .extension import _State
+
+log = logging.getLogger(__name__)
+
+#: Attempts before a transient failure becomes final.
+MAX_ATTEMPTS = 5
+#: Backoff of transient retries: base * 2**(attempt-1), capped, with full jitter on top.
+BACKOFF_BASE = 5.0
+BACKOFF_CAP = 600.0
+#: A worker holds a row this long; the sweeper takes it back if the worker died.
+SEND_LEASE = dt.timedelta(seconds=45)
+#: Extra time past ``not_before`` before the sweeper worries about a scheduled row.
+SCHEDULE_GRACE = dt.timedelta(seconds=60)
+#: Errors that mean our payload was refused: try once more as plain text.
+PAYLOAD_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long",
+                            "markdown_text_conflict"})
+
+
+def channel_reason(error: str, channel: str, bot_name: str) -> str:
+    """What a person should do about a channel error, in words."""
+    if error == "not_in_channel":
+        return (f"The DriftWise bot is not in {channel}. Invite it with /invite @{bot_name} "
+                "in that channel, then send a test message from Settings.")
+    if error == "channel_not_found":
+        return (f"Slack cannot find the channel {channel}. Check the channel on this schedule "
+                f"(a private channel needs /invite @{bot_name} first).")
+    if error == "is_archived":
+        return f"The channel {channel} is archived. Pick another channel for this schedule."
+    return f"Slack refused to post in {channel} ({error}). Check the channel's settings."
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter for transient failures."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _message(state: _State, row: Delivery) -> messages.SlackMessage:
+    link = state.host.schedule_url(org_id=row.org_id, schedule_id=row.schedule_id)
+    common = dict(schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
+                  consecutive_failures=row.consecutive_failures, link=link)
+    if row.event_type == EventType.SCHEDULE_AUTO_DISABLED.value:
+        return messages.schedule_disabled(**common)
+    return messages.scan_failed(disable_after=row.disable_after, **common)
+
+
+class _Outcome:
+    """What to write on the row once the attempt is over."""
+
+    def __init__(self, status: DeliveryStatus, reason: str | None = None, *,
+                 slack_error: str | None = None, delay: float | None = None,
+                 ts: str | None = None, refund: bool = False) -> None:
+        self.status, self.reason, self.slack_error = status, reason, slack_error
+        self.delay, self.ts, self.refund = delay, ts, refund
+
+
+def deliver(delivery_id: int) -> str:
+    """Deliver one notification. Returns the final or interim status (for logs and tests)."""
+    from .extension import get_state
+
+    state = get_state()
+    session = state.session()
+    try:
+        return _deliver(state, delivery_id)
+    finally:
+        session.close()
+
+
+def _deliver(state: _State, delivery_id: int) -> str:
+    session = state.session()
+    deliveries = DeliveryRepository(session)
+    now = t.cast(dt.datetime, state.deps().clock())
+    if not deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE):
+        session.rollback()
+        log.info("delivery %s already handled or held by another worker", delivery_id)
+        return "not_claimed"
+    session.commit()
+    row = deliveries.get(delivery_id=delivery_id)
+    assert row is not None
+    outcome = _attempt(state, row)
+    return _record(state, row, outcome)
+
+
+def _attempt(state: _State, row: Delivery) -> _Outcome:
+    host = state.host
+    try:
+        plan = host.plan_of(row.org_id)
+    except Exception:
+        log.exception("plan lookup failed for org %s", row.org_id)
+        return _Outcome(DeliveryStatus.QUEUED, "Waiting: DriftWise could not check the plan.",
+                        delay=backoff(row.attempts), refund=False)
+    if plan is None or not plan.allows_slack:
+        return _Outcome(DeliveryStatus.SKIPPED,
+                        "Not sent: Slack notifications need the Team or Enterprise plan.")
+    installation = InstallationRepository(state.session()).active(org_id=row.org_id)
+    if installation is None:
+        return _Outcome(DeliveryStatus.SKIPPED, "Not sent: Slack is not connected.")
+    if not installation.valid:
+        return _Outcome(DeliveryStatus.SKIPPED,
+                        "Not sent: the Slack connection is no longer valid. Reconnect Slack "
+                        "in Settings.")
+    row.team_id = installation.team_id
+    channel = t.cast(str, row.channel)
+    pacer = ChannelPacer(state)
+    wait = pacer.wait_for(team_id=installation.team_id, channel=channel)
+    if wait > 0:
+        return _Outcome(DeliveryStatus.QUEUED, None, delay=wait, refund=True)
+    try:
+        token = usable_token(state, installation)
+    except VaultError:
+        log.error("installation %s: token cannot be decrypted", installation.id)
+        _invalidate(state, installation.team_id, "token_undecryptable")
+        return _Outcome(DeliveryStatus.FAILED, "The stored Slack token cannot be decrypted. "
+                        "Reconnect Slack in Settings.", slack_error="vault_error")
+    except DeadToken as exc:
+        return _dead(state, installation, exc)
+    except (TransientSlackError, RateLimited) as exc:
+        return _retry_or_fail(row, exc)
+    message = _message(state, row)
+    try:
+        posted = state.slack.chat_post_message(token=token, channel=channel, text=message.text,
+                                               blocks=message.blocks)
+    except SlackApiError as exc:
+        if exc.error in PAYLOAD_ERRORS:
+            log.error("delivery %s: Slack refused our blocks (%s); sending plain text", row.id,
+                      exc.error)
+            try:
+                posted = state.slack.chat_post_message(token=token, channel=channel,
+                                                       text=message.text)
+            except SlackApiError as again:
+                return _classify(state, row, installation, again)
+        else:
+            return _classify(state, row, installation, exc)
+    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts)
+
+
+def _classify(state: _State, row: Delivery, installation: Installation,
+              exc: SlackApiError) -> _Outcome:
+    if isinstance(exc, RateLimited):
+        retry_after = float(exc.retry_after or 30)
+        ChannelPacer(state).hold(team_id=installation.team_id, channel=t.cast(str, row.channel),
+                                 seconds=retry_after)
+        log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
+        return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                        slack_error=exc.error, delay=retry_after + random.uniform(0.1, 1.0),
+                        refund=True)
+    if isinstance(exc, ChannelError):
+        return _Outcome(DeliveryStatus.FAILED,
+                        channel_reason(exc.error, t.cast(str, row.channel), state.settings.bot_name),
+                        slack_error=exc.error)
+    if isinstance(exc, DeadToken):
+        return _dead(state, installation, exc)
+    if isinstance(exc, TransientSlackError):
+        return _retry_or_fail(row, exc)
+    return _Outcome(DeliveryStatus.FAILED, f"Slack refused the message ({exc.error}).",
+                    slack_error=exc.error)
+
+
+def _retry_or_fail(row: Delivery, exc: SlackApiError) -> _Outcome:
+    if row.attempts >= MAX_ATTEMPTS:
+        return _Outcome(DeliveryStatus.FAILED,
+                        f"Slack could not be reached after {row.attempts} attempts ({exc.error}).",
+                        slack_error=exc.error)
+    delay = backoff(row.attempts)
+    log.warning("delivery %s attempt %s failed (%s); retrying in %.0fs", row.id, row.attempts,
+                exc.error, delay)
+    return _Outcome(DeliveryStatus.QUEUED, f"Retrying: Slack could not be reached ({exc.error}).",
+                    slack_error=exc.error, delay=delay)
+
+
+def _dead(state: _State, installation: Installation, exc: SlackApiError) -> _Outcome:
+    _invalidate(state, installation.team_id, exc.error)
+    return _Outcome(DeliveryStatus.FAILED, "Slack says the DriftWise token is no longer valid "
+                    f"({exc.error}). Reconnect Slack in Settings.", slack_error=exc.error)
+
+
+def _invalidate(state: _State, team_id: str, reason: str) -> None:
+    """Every org holding this workspace shares the dead token: mark them all invalid."""
+    count = InstallationRepository(state.session()).invalidate_team(
+        team_id=team_id, reason=reason[:64], now=t.cast(dt.datetime, state.deps().clock()))
+    log.warning("workspace %s: %s installation(s) marked invalid (%s)", team_id, count, reason)
+
+
+def _record(state: _State, row: Delivery, outcome: _Outcome) -> str:
+    session = state.session()
+    now = t.cast(dt.datetime, state.deps().clock())
+    row.status = outcome.status.value
+    row.reason = outcome.reason
+    row.slack_error = outcome.slack_error
+    row.updated_at = now
+    if outcome.refund:
+        row.attempts = max(0, row.attempts - 1)
+    if outcome.status is DeliveryStatus.SENT:
+        row.slack_ts, row.sent_at, row.lease_until = outcome.ts, now, None
+    elif outcome.status is DeliveryStatus.QUEUED:
+        delay = outcome.delay or 0.0
+        row.not_before = now + dt.timedelta(seconds=delay)
+        row.lease_until = row.not_before + SCHEDULE_GRACE
+        row.job_id = new_job_id(row.id)
+    else:
+        row.lease_until = None
+    session.commit()
+    if outcome.status is DeliveryStatus.QUEUED:
+        try:
+            enqueue_delivery(get_queue(state.redis), row.id, job_id=t.cast(str, row.job_id),
+                             delay=outcome.delay or 0.0)
+        except RedisError:
+            log.error("could not reschedule delivery %s; the sweeper will", row.id)
+    log.info("delivery %s -> %s", row.id, row.status)
+    return row.status

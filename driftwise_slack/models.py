@@ -1,0 +1,164 @@
+"""SQLAlchemy 2.x models of the package's own tables (all named ``slack_*``).
+
+The schema is created by the Alembic migrations in ``migrations/``, never by ``create_all`` in
+production. No column ever holds a plaintext token: ``token_sealed`` and ``refresh_sealed`` hold
+:class:`~driftwise_slack.vault.TokenVault` ciphertexts bound to (org_id, team_id).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import typing as t
+
+from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC: the only kind of datetime the package stores."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite drops the zone; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> t.Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use timezone-aware UTC")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: t.Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return t.cast(dt.datetime, value.replace(tzinfo=dt.timezone.utc))
+        return t.cast(dt.datetime, value.astimezone(dt.timezone.utc))
+
+
+class Base(DeclarativeBase):
+    """The package's own declarative base, separate from any host model."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Installation(Base):
+    """One Slack workspace connected to one org. An org's active one is its latest completed."""
+
+    __tablename__ = "slack_installations"
+    __table_args__ = (
+        UniqueConstraint("org_id", "team_id", name="uq_slack_installations_org_team"),
+        Index("ix_slack_installations_org_completed", "org_id", "completed_at"),
+        Index("ix_slack_installations_team", "team_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    team_id: Mapped[str] = mapped_column(String(32))
+    team_name: Mapped[str] = mapped_column(String(255))
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    app_id: Mapped[str | None] = mapped_column(String(32))
+    bot_user_id: Mapped[str | None] = mapped_column(String(32))
+    scopes: Mapped[str] = mapped_column(String(512))
+    installed_by: Mapped[str] = mapped_column(String(64))
+    token_sealed: Mapped[str] = mapped_column(Text)
+    refresh_sealed: Mapped[str | None] = mapped_column(Text)
+    token_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    invalid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    invalid_reason: Mapped[str | None] = mapped_column(String(64))
+
+    @property
+    def scope_list(self) -> list[str]:
+        return [s for s in self.scopes.split(",") if s]
+
+    @property
+    def valid(self) -> bool:
+        return self.invalid_at is None
+
+
+class RedeemedState(Base):
+    """A redeemed OAuth state nonce. The primary key makes redeeming atomic and single use."""
+
+    __tablename__ = "slack_redeemed_states"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    redeemed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where a notification is. ``sent``, ``skipped`` and ``failed`` are final."""
+
+    PENDING = "pending"      # written; not (yet) on the queue
+    QUEUED = "queued"        # on the queue, or scheduled for ``not_before``
+    SENDING = "sending"      # a worker holds it until ``lease_until``
+    SENT = "sent"
+    SKIPPED = "skipped"      # nothing to post: no channel, no installation, plan
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.FAILED)
+
+
+class Delivery(Base):
+    """One notification for one scan event: the outbox row and the delivery ledger at once."""
+
+    __tablename__ = "slack_deliveries"
+    __table_args__ = (
+        Index("ix_slack_deliveries_org_schedule", "org_id", "schedule_id", "id"),
+        Index("ix_slack_deliveries_status_lease", "status", "lease_until"),
+        Index("ix_slack_deliveries_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    schedule_name: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str | None] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text, default="")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    disable_after: Mapped[int | None] = mapped_column(Integer)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    slack_error: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(80))
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow,
+                                                    onupdate=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class SeenEvent(Base):
+    """An Events API ``event_id`` already handled; the primary key makes handling single."""
+
+    __tablename__ = "slack_seen_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

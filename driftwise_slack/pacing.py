@@ -1,0 +1,68 @@
+"""Per-channel pacing: stay under Slack's ~1 message/second/channel, and honour ``Retry-After``.
+
+Pacing uses the ``limits`` library's moving window on the queue's Redis (process memory in the
+embedded demo), keyed by workspace and channel. A 429 sets a hold on that channel only, so one
+flooded channel never delays another org's messages: waiting jobs are rescheduled, not slept on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+
+from limits import parse
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
+
+if t.TYPE_CHECKING:
+    from .extension import _State
+
+log = logging.getLogger(__name__)
+
+#: The smallest wait we reschedule for (the scheduler polls about once a second).
+MIN_WAIT = 0.05
+_HOLD_PREFIX = "driftwise_slack:hold:"
+
+
+def _storage(state: _State) -> Storage:
+    cached = getattr(state, "_pacing_storage", None)
+    if cached is None:
+        url = state.settings.redis_url
+        cached = RedisStorage(url, key_prefix="driftwise_slack_pace") if url else MemoryStorage()
+        state._pacing_storage = cached  # type: ignore[attr-defined]
+    return t.cast(Storage, cached)
+
+
+class ChannelPacer:
+    """Decides whether a post to (workspace, channel) may go now, or how long to wait."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.item = parse(state.settings.channel_rate)
+
+    def _hold_key(self, team_id: str, channel: str) -> str:
+        return f"{_HOLD_PREFIX}{team_id}:{channel}"
+
+    def wait_for(self, *, team_id: str, channel: str) -> float:
+        """0 when a slot was taken for a post now; otherwise seconds to wait before asking again."""
+        try:
+            held_ms = self.state.redis.pttl(self._hold_key(team_id, channel))
+            if held_ms and held_ms > 0:
+                return max(MIN_WAIT, held_ms / 1000)
+            limiter = MovingWindowRateLimiter(_storage(self.state))
+            if limiter.hit(self.item, team_id, channel):
+                return 0.0
+            stats = limiter.get_window_stats(self.item, team_id, channel)
+            return max(MIN_WAIT, stats.reset_time - time.time())
+        except RedisError as exc:
+            log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)
+            return 0.0
+
+    def hold(self, *, team_id: str, channel: str, seconds: float) -> None:
+        """Slack said 429 for this channel: nobody posts there for ``seconds``."""
+        try:
+            self.state.redis.set(self._hold_key(team_id, channel), "1",
+                                 px=max(1, int(seconds * 1000)))
+        except RedisError as exc:
+            log.warning("could not record a rate-limit hold (%s)", type(exc).__name__)

@@ -1,0 +1,79 @@
+"""Redis and RQ: the connection, the queue and enqueueing by id.
+
+With ``REDIS_URL`` unset (the zero-install demo) the queue lives in an in-process fakeredis
+server that the embedded worker thread drains; every other deployment uses real Redis.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+import uuid
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+#: The one queue the package uses.
+QUEUE_NAME = "driftwise_slack"
+#: Dotted path of the job: jobs are enqueued by name and carry a delivery id only.
+DELIVER = "driftwise_slack.jobs.deliver"
+#: Hard limit of one job run; the Slack call's own timeout (<= 25 s) fires well before.
+JOB_TIMEOUT = 60
+#: How long finished and failed jobs stay in Redis (the delivery row is the record).
+RESULT_TTL = 600
+FAILURE_TTL = 7 * 24 * 3600
+#: Job states in which a job will still run (or is running).
+ALIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
+                   JobStatus.DEFERRED})
+
+
+class _Embedded(t.Protocol):
+    embedded_redis: Redis | None
+
+
+def connect(redis_url: str | None, *, embedded: _Embedded) -> Redis:
+    """A Redis client with short timeouts, or the process's embedded fakeredis."""
+    if redis_url:
+        return Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
+                              health_check_interval=30)
+    if embedded.embedded_redis is None:
+        import fakeredis
+        embedded.embedded_redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return embedded.embedded_redis
+
+
+def get_queue(connection: Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT)
+
+
+def new_job_id(delivery_id: int) -> str:
+    """Each (re)enqueue gets its own id, remembered on the delivery row."""
+    return f"dwslack-{delivery_id}-{uuid.uuid4().hex[:10]}"
+
+
+def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
+                     delay: float = 0.0, pipeline: t.Any = None) -> None:
+    """Queue ``jobs.deliver(delivery_id)`` now, or after ``delay`` seconds via the scheduler.
+
+    Raises ``redis.exceptions.RedisError`` when Redis is unreachable; callers keep the row.
+    """
+    options: dict[str, t.Any] = {"job_id": job_id, "result_ttl": RESULT_TTL,
+                                 "failure_ttl": FAILURE_TTL, "timeout": JOB_TIMEOUT,
+                                 "description": f"deliver slack notification {delivery_id}"}
+    if delay > 0:
+        queue.enqueue_in(dt.timedelta(seconds=delay), DELIVER, delivery_id, **options)
+    elif pipeline is not None:
+        queue.enqueue_call(DELIVER, args=(delivery_id,), pipeline=pipeline, **options)
+    else:
+        queue.enqueue_call(DELIVER, args=(delivery_id,), **options)
+
+
+def job_alive(connection: Redis, job_id: str | None) -> bool:
+    """Is this job still waiting, scheduled or running in Redis?"""
+    if not job_id:
+        return False
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except Exception:  # NoSuchJobError, or a hash too damaged to load: treat as gone
+        return False
+    return job.get_status(refresh=False) in ALIVE

@@ -1,0 +1,91 @@
+"""``ReferenceHostAdapter``: the reference host's side of the ``driftwise_slack.host`` contract."""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from flask import g, has_request_context, request
+
+from driftwise_slack.host import AuditEvent, Caller, Plan, Role
+
+from .db import HostDatabase
+from .models import AuditLogEntry, Membership, Org
+from .state import FALLBACK_BASE_URL
+
+
+def parse_id(value: str | int | None) -> int | None:
+    """A host id from its string form; ``None`` for anything that is not a positive integer."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    number = int(text)
+    return number if number > 0 else None
+
+
+class ReferenceHostAdapter:
+    """Answers the extension's questions from the host's own tables.
+
+    Reads use short sessions of their own, so they leave no transaction open in a request or in
+    the worker; :meth:`write_audit` commits its row in its own short transaction.
+    """
+
+    def __init__(self, db: HostDatabase, *, base_url: str | None = None) -> None:
+        self._db = db
+        self._base_url = base_url
+
+    def current_caller(self) -> Caller | None:
+        """The caller the ``/api/v2`` middleware identified, or ``None``."""
+        caller = g.get("caller")
+        return caller if isinstance(caller, Caller) else None
+
+    def role_of(self, *, org_id: str, user_id: str) -> Role | None:
+        """The member's role, or ``None`` when not a member (or the ids are not host ids)."""
+        org, user = parse_id(org_id), parse_id(user_id)
+        if org is None or user is None:
+            return None
+        with self._db.read() as session:
+            role = session.scalar(sa.select(Membership.role).where(
+                Membership.org_id == org, Membership.user_id == user))
+        return None if role is None else Role(role)
+
+    def plan_of(self, org_id: str) -> Plan | None:
+        """The org's plan, or ``None`` when there is no such org. Database errors propagate."""
+        org = parse_id(org_id)
+        if org is None:
+            return None
+        with self._db.read() as session:
+            plan = session.scalar(sa.select(Org.plan).where(Org.id == org))
+        return None if plan is None else Plan(plan)
+
+    def write_audit(self, event: AuditEvent) -> None:
+        """Append ``event`` to the org's audit log and commit it.
+
+        Raises ``ValueError`` when ``event.org_id`` is not a host org id: an audit row that
+        cannot be attributed is a bug, not something to drop silently.
+        """
+        org = parse_id(event.org_id)
+        if org is None:
+            raise ValueError("audit event without a valid org id")
+        created_at = event.created_at
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=dt.timezone.utc)
+        with self._db.begin() as session:
+            session.add(AuditLogEntry(
+                org_id=org,
+                user_id=parse_id(event.user_id),
+                action=event.action,
+                details=dict(event.details),
+                created_at=created_at,
+            ))
+
+    def schedule_url(self, *, org_id: str, schedule_id: str) -> str:
+        """``<base>/schedules/<id>``: ``DRIFTWISE_BASE_URL``, else this request's host."""
+        if self._base_url:
+            base = self._base_url
+        elif has_request_context():
+            base = request.host_url.rstrip("/")
+        else:
+            base = FALLBACK_BASE_URL
+        return f"{base}/schedules/{schedule_id}"

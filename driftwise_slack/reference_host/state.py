@@ -1,0 +1,131 @@
+"""The reference host's own configuration and per-app state.
+
+Read once in ``create_app`` from ``app.config`` first, then the environment, then the defaults
+(the same lookup order the extension uses), and kept in ``app.extensions["driftwise_host"]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+
+from flask import Flask, current_app
+
+from driftwise_slack.config import DEFAULT_DISABLE_AFTER, normalize_database_url
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from driftwise_slack.host import ScanEvent
+
+    from .db import HostDatabase
+
+#: Key of the host's state in ``app.extensions``.
+EXTENSION_KEY = "driftwise_host"
+#: File name of the default SQLite database, inside the instance folder.
+DEFAULT_SQLITE_NAME = "driftwise.sqlite3"
+#: Base of schedule links when neither ``DRIFTWISE_BASE_URL`` nor a request is at hand.
+FALLBACK_BASE_URL = "http://localhost:5000"
+
+
+class ConfigError(ValueError):
+    """A host option has a value that cannot be used; the message says which and why."""
+
+
+def lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> t.Any:
+    """``config[name]``, else ``environ[name]``; empty strings count as unset."""
+    value = config.get(name)
+    if value is None or value == "":
+        value = environ.get(name)
+    return None if value == "" else value
+
+
+def _int_option(name: str, value: t.Any, *, default: int, minimum: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}.") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}.")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSettings:
+    """What the reference host itself reads from configuration."""
+
+    #: ``DATABASE_URL``, normalised (``postgresql://`` uses psycopg2).
+    database_url: str
+    #: ``DRIFTWISE_BASE_URL`` without a trailing slash, or ``None``.
+    base_url: str | None = None
+    #: ``DRIFTWISE_TRUSTED_PROXIES``: proxies whose ``X-Forwarded-*`` headers are trusted.
+    trusted_proxies: int = 0
+    #: ``DRIFTWISE_DISABLE_AFTER``: used only when the Slack extension is not mounted.
+    disable_after: int = DEFAULT_DISABLE_AFTER
+
+
+def load_host_settings(
+    config: t.Mapping[str, t.Any],
+    environ: t.Mapping[str, str] | None = None,
+    *,
+    instance_path: str,
+) -> HostSettings:
+    """Read the host options once. Raises :class:`ConfigError` on unusable values."""
+    env = os.environ if environ is None else environ
+    url = lookup("DATABASE_URL", config, env)
+    if url is None:
+        url = "sqlite:///" + os.path.join(os.path.abspath(instance_path), DEFAULT_SQLITE_NAME)
+    base_url = lookup("DRIFTWISE_BASE_URL", config, env)
+    return HostSettings(
+        database_url=normalize_database_url(str(url)),
+        base_url=str(base_url).rstrip("/") if base_url else None,
+        trusted_proxies=_int_option(
+            "DRIFTWISE_TRUSTED_PROXIES", lookup("DRIFTWISE_TRUSTED_PROXIES", config, env),
+            default=0, minimum=0),
+        disable_after=_int_option(
+            "DRIFTWISE_DISABLE_AFTER", lookup("DRIFTWISE_DISABLE_AFTER", config, env),
+            default=DEFAULT_DISABLE_AFTER, minimum=1),
+    )
+
+
+@dataclasses.dataclass
+class HostState:
+    """Per-app state: settings, the database, and the Slack extension when it is mounted."""
+
+    settings: HostSettings
+    db: HostDatabase
+    #: The mounted ``SlackIntegration``, or ``None`` (``create_app(mount_slack=False)``).
+    slack: t.Any = None
+
+    def disable_after(self) -> int:
+        """The auto-disable threshold: the extension's setting when mounted, else the host's."""
+        if self.slack is not None:
+            return int(self.slack.settings().disable_after)
+        return self.settings.disable_after
+
+    def dispatcher(self, session: Session) -> t.Callable[[ScanEvent], None] | None:
+        """A callable handing scan events to the extension inside ``session``'s transaction.
+
+        ``None`` when Slack is not mounted: the host then records scans and notifies no one.
+        """
+        if self.slack is None:
+            return None
+        slack = self.slack
+
+        def dispatch(event: ScanEvent) -> None:
+            slack.dispatch(event, session=session)
+
+        return dispatch
+
+
+def get_state(app: Flask | None = None) -> HostState:
+    """The host state of ``app`` (default: the current app)."""
+    target = current_app if app is None else app
+    try:
+        return t.cast(HostState, target.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "This app was not built by driftwise_slack.reference_host.create_app()."
+        ) from None

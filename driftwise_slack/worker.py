@@ -1,0 +1,158 @@
+"""The worker process: an RQ worker with the scheduler, plus a sweeper that loses nothing.
+
+Jobs run in-process (``SimpleWorker``: no fork per job, so the engine pool and the HTTP session
+are reused) inside the app context. A sweeper thread runs every few seconds: it queues rows that
+never reached Redis (it was down at dispatch) and takes back rows whose worker died mid-delivery
+(their lease ran out), so both recover within a minute. It also does the daily housekeeping.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import typing as t
+
+from redis.exceptions import RedisError
+from rq import SimpleWorker
+from rq.scheduler import RQScheduler
+from rq.timeouts import TimerDeathPenalty
+
+from .models import DeliveryStatus, utcnow
+from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, new_job_id
+from .repository import DeliveryRepository, EventRepository, StateRepository
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import _State
+
+log = logging.getLogger(__name__)
+
+#: Seconds between sweeps.
+SWEEP_INTERVAL = 5.0
+#: Seconds between housekeeping runs.
+HOUSEKEEPING_INTERVAL = 3600.0
+#: A queued row whose job is alive in Redis gets this much more lease.
+LEASE_EXTENSION = dt.timedelta(seconds=60)
+#: How long handled Events API ids are remembered (Slack retries within minutes).
+SEEN_EVENT_RETENTION = dt.timedelta(days=1)
+
+
+def sweep(state: _State) -> dict[str, int]:
+    """Queue every unattended delivery row once. Safe to run from several processes at once:
+    a duplicate job finds its row already claimed and does nothing."""
+    session = state.session()
+    now = utcnow()
+    requeued = extended = 0
+    try:
+        connection = state.redis
+        queue = get_queue(connection)
+        for row in DeliveryRepository(session).due(now=now):
+            if row.status == DeliveryStatus.QUEUED.value and job_alive(connection, row.job_id):
+                row.lease_until = now + LEASE_EXTENSION
+                extended += 1
+                continue
+            row.job_id = new_job_id(row.id)
+            row.status = DeliveryStatus.QUEUED.value
+            row.lease_until = now + LEASE_EXTENSION
+            session.commit()
+            enqueue_delivery(queue, row.id, job_id=row.job_id)
+            requeued += 1
+        session.commit()
+    except RedisError as exc:
+        session.rollback()
+        log.error("sweep stopped: Redis unavailable (%s)", type(exc).__name__)
+    finally:
+        session.close()
+    if requeued:
+        log.warning("sweeper re-queued %s delivery(ies)", requeued)
+    return {"requeued": requeued, "extended": extended}
+
+
+def housekeeping(state: _State) -> dict[str, int]:
+    """Purge expired OAuth nonces and old event ids; prune deliveries past retention."""
+    session = state.session()
+    now = utcnow()
+    try:
+        nonces = StateRepository(session).purge_expired(now=now)
+        events = EventRepository(session).purge(older_than=now - SEEN_EVENT_RETENTION)
+        pruned = DeliveryRepository(session).prune(
+            older_than=now - dt.timedelta(days=state.settings.delivery_retention_days))
+        session.commit()
+    finally:
+        session.close()
+    return {"nonces_purged": nonces, "events_purged": events, "deliveries_pruned": pruned}
+
+
+class _Sweeper(threading.Thread):
+    """Background sweeps (and housekeeping) inside the worker's app context."""
+
+    def __init__(self, app: Flask, state: _State, interval: float) -> None:
+        super().__init__(name="driftwise-slack-sweeper", daemon=True)
+        self.app, self.state, self.interval = app, state, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        last_housekeeping = 0.0
+        while not self.stopped.wait(self.interval):
+            with self.app.app_context():
+                try:
+                    sweep(self.state)
+                    if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
+                        housekeeping(self.state)
+                        last_housekeeping = time.monotonic()
+                except Exception:
+                    log.exception("sweeper run failed; trying again in %ss", self.interval)
+
+
+def run_worker(state: _State, *, burst: bool = False) -> dict[str, t.Any]:
+    """Run until stopped (or, with ``burst``, until the queue is empty). Needs ``REDIS_URL``."""
+    from flask import current_app
+
+    if not state.settings.redis_url:
+        raise SystemExit("REDIS_URL is not set: the worker needs Redis. (Without Redis, the "
+                         "demo runs an embedded worker inside the web process.)")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    sweep(state)
+    sweeper = _Sweeper(app, state, SWEEP_INTERVAL)
+    if not burst:
+        sweeper.start()
+    worker = SimpleWorker([get_queue(state.redis)], connection=state.redis)
+    try:
+        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    finally:
+        sweeper.stopped.set()
+    return {"stopped": True, "burst": burst}
+
+
+class _ThreadWorker(SimpleWorker):
+    """A SimpleWorker that can live in a thread (demo only): timer-based timeouts, no signals."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def start_embedded(app: Flask, state: _State, *, interval: float = 0.5) -> threading.Event:
+    """Start the demo's in-process worker thread (no Redis: fakeredis). Returns a stop event."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        connection = state.redis
+        queue = get_queue(connection)
+        scheduler = RQScheduler([QUEUE_NAME], connection=connection)
+        scheduler.prepare_registries([QUEUE_NAME])
+        worker = _ThreadWorker([queue], connection=connection)
+        while not stop.wait(interval):
+            with app.app_context():
+                try:
+                    sweep(state)
+                    scheduler.enqueue_scheduled_jobs()
+                    worker.work(burst=True, logging_level="WARNING")
+                except Exception:
+                    log.exception("embedded worker run failed")
+
+    threading.Thread(target=loop, name="driftwise-slack-embedded", daemon=True).start()
+    return stop

@@ -1,0 +1,416 @@
+"""The local Slack emulator: consent pages, Web API, faults, limits, rotation, control API."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import typing as t
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from driftwise_slack.emulator import create_app, serve_in_thread
+from driftwise_slack.emulator.render import mrkdwn, render_blocks
+
+CLIENT = ("demo-client-id", "demo-client-secret")
+REDIRECT = "https://driftwise.example/slack/oauth/callback"
+SCOPE = "chat:write,incoming-webhook"
+
+
+@pytest.fixture()
+def app() -> Flask:
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def consent(client: FlaskClient, *, team: str = "T0ACME01", channel: str = "C0ALERTS",
+            action: str = "allow", redirect_uri: str = REDIRECT,
+            state: str = "st-1") -> dict[str, list[str]]:
+    """Answer the consent form; returns the query of the redirect."""
+    response = client.post("/oauth/v2/authorize", data={
+        "client_id": CLIENT[0], "scope": SCOPE, "redirect_uri": redirect_uri, "state": state,
+        "team": team, "channel": channel, "action": action})
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith(redirect_uri.split("?")[0])
+    return parse_qs(urlsplit(location).query)
+
+
+def exchange(client: FlaskClient, code: str, *, redirect_uri: str = REDIRECT,
+             auth: tuple[str, str] | None = CLIENT, **params: str) -> dict[str, t.Any]:
+    response = client.post("/api/oauth.v2.access",
+                           data={"code": code, "redirect_uri": redirect_uri, **params},
+                           auth=auth)
+    assert response.status_code == 200
+    return t.cast(dict[str, t.Any], response.json)
+
+
+def install(client: FlaskClient, team: str = "T0ACME01") -> dict[str, t.Any]:
+    channel = "C0ALERTS" if team == "T0ACME01" else "C0GLBX01"
+    body = exchange(client, consent(client, team=team, channel=channel)["code"][0])
+    assert body["ok"], body
+    return body
+
+
+def post(client: FlaskClient, token: str | None, **params: t.Any) -> t.Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post("/api/chat.postMessage", data=params, headers=headers)
+
+
+def test_consent_page_lists_workspaces_scopes_and_channels(client: FlaskClient) -> None:
+    page = client.get("/oauth/v2/authorize", query_string={
+        "client_id": CLIENT[0], "scope": SCOPE, "redirect_uri": REDIRECT, "state": "s<x>",
+        "team": "T0GLOBEX1"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    for fragment in ('id="team-T0ACME01"', 'id="team-T0GLOBEX1"', 'id="allow"', 'id="cancel"',
+                     'id="channel"', "Send messages as @driftwise", "Acme Ops — #alerts",
+                     'value="s&lt;x&gt;"'):
+        assert fragment in html
+    assert "#old-alerts" not in html  # archived channels cannot take a webhook
+    assert re.search(r'id="team-T0GLOBEX1" value="T0GLOBEX1"\s+checked', html)
+    assert not re.search(r'id="team-T0ACME01" value="T0ACME01"\s+checked', html)
+
+
+@pytest.mark.parametrize(("params", "status"), [
+    ({"client_id": "nope", "scope": SCOPE, "redirect_uri": REDIRECT}, 400),
+    ({"client_id": CLIENT[0], "scope": SCOPE}, 400),
+    ({"client_id": CLIENT[0], "scope": SCOPE, "redirect_uri": "javascript:alert(1)"}, 400),
+])
+def test_consent_page_refuses_bad_links(client: FlaskClient, params: dict[str, str],
+                                        status: int) -> None:
+    page = client.get("/oauth/v2/authorize", query_string=params)
+    assert page.status_code == status
+    assert b"oauth-error" in page.data
+
+
+def test_full_install_flow_reinstall_revoke(client: FlaskClient) -> None:
+    query = consent(client, redirect_uri=REDIRECT + "?next=1")
+    assert query["state"] == ["st-1"] and query["next"] == ["1"]
+    body = exchange(client, query["code"][0], redirect_uri=REDIRECT + "?next=1")
+    assert body["ok"] is True
+    assert body["token_type"] == "bot" and body["scope"] == SCOPE
+    assert body["team"] == {"id": "T0ACME01", "name": "Acme Ops"}
+    assert body["app_id"] == "A0DRIFTWISE" and body["is_enterprise_install"] is False
+    assert body["enterprise"] is None and body["authed_user"]["id"].startswith("U")
+    assert body["incoming_webhook"]["channel_id"] == "C0ALERTS"
+    assert body["incoming_webhook"]["url"].startswith("https://hooks.slack.com/services/T0ACME01/")
+    assert "refresh_token" not in body
+    token = body["access_token"]
+    prefix, team_part, bot_part, rand = token.split("-")
+    assert prefix == "xoxb" and team_part.isdigit() and bot_part.isdigit() and len(rand) == 24
+
+    # One bot token per app per workspace: reinstalling hands back the same token.
+    assert install(client)["access_token"] == token
+    assert install(client, "T0GLOBEX1")["access_token"] != token
+
+    who = client.post("/api/auth.test", headers={"Authorization": f"Bearer {token}"}).json
+    assert who["ok"] and who["team_id"] == "T0ACME01" and who["app_id"] == "A0DRIFTWISE"
+    assert who["bot_id"].startswith("B") and who["user_id"].startswith("U")
+
+    dry = client.post("/api/auth.revoke", data={"token": token, "test": "1"}).json
+    assert dry == {"ok": True, "revoked": False}
+    gone = client.post("/api/auth.revoke", headers={"Authorization": f"Bearer {token}"}).json
+    assert gone == {"ok": True, "revoked": True}
+    assert post(client, token, channel="C0ALERTS", text="x").json["error"] == "token_revoked"
+    assert client.post("/api/auth.test", data={"token": "xoxb-1-2-nope"}).json["error"] == \
+        "invalid_auth"
+    assert install(client)["access_token"] != token
+
+
+def test_cancel_redirects_with_access_denied(client: FlaskClient) -> None:
+    query = consent(client, action="cancel")
+    assert query["error"] == ["access_denied"] and query["state"] == ["st-1"]
+    assert "code" not in query
+    assert query["error_description"][0].startswith("The user has denied access")
+
+
+def test_code_is_single_use_and_checked(client: FlaskClient) -> None:
+    code = consent(client)["code"][0]
+    assert exchange(client, code, redirect_uri=REDIRECT + "/other")["error"] == \
+        "bad_redirect_uri"
+    assert exchange(client, code, auth=("demo-client-id", "wrong"))["error"] == \
+        "bad_client_secret"
+    assert exchange(client, code, auth=("other-id", CLIENT[1]))["error"] == "invalid_client_id"
+    assert exchange(client, code)["ok"] is True
+    assert exchange(client, code)["error"] == "invalid_code"
+    assert exchange(client, "made-up")["error"] == "invalid_code"
+    # Client credentials may also come as body params.
+    body = exchange(client, consent(client)["code"][0], auth=None, client_id=CLIENT[0],
+                    client_secret=CLIENT[1])
+    assert body["ok"] is True
+
+
+def test_code_expires() -> None:
+    client = create_app({"TESTING": True, "CODE_TTL": 0.05}).test_client()
+    code = consent(client)["code"][0]
+    time.sleep(0.1)
+    assert exchange(client, code)["error"] == "invalid_code"
+
+
+@pytest.mark.parametrize(("token", "params", "error"), [
+    (None, {"channel": "C0ALERTS", "text": "x"}, "not_authed"),
+    ("xoxb-1-2-unknown", {"channel": "C0ALERTS", "text": "x"}, "invalid_auth"),
+    ("LIVE", {"channel": "C0NOPE", "text": "x"}, "channel_not_found"),
+    ("LIVE", {"channel": "C0GLBX01", "text": "x"}, "channel_not_found"),  # other workspace
+    ("LIVE", {"text": "x"}, "channel_not_found"),
+    ("LIVE", {"channel": "C0ARCHIVE", "text": "x"}, "is_archived"),
+    ("LIVE", {"channel": "C0GENERAL", "text": "x"}, "not_in_channel"),
+    ("LIVE", {"channel": "C0ALERTS", "text": "x", "blocks": "{not json"}, "invalid_blocks"),
+    ("LIVE", {"channel": "C0ALERTS", "blocks": '[{"text": "no type"}]'}, "invalid_blocks"),
+    ("LIVE", {"channel": "C0ALERTS", "blocks": '{"type": "section"}'}, "invalid_blocks"),
+    ("LIVE", {"channel": "C0ALERTS"}, "no_text"),
+])
+def test_post_message_error_ladder(client: FlaskClient, token: str | None,
+                                   params: dict[str, str], error: str) -> None:
+    live = install(client)["access_token"]
+    response = post(client, live if token == "LIVE" else token, **params)
+    assert response.status_code == 200
+    assert response.json == {"ok": False, "error": error}
+    assert client.get("/_emulator/messages").json == {"messages": []}
+
+
+def test_post_message_stores_and_resolves_names(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*failed*"}}]
+    first = post(client, token, channel="#alerts", text="one", blocks=json.dumps(blocks)).json
+    second = client.post("/api/chat.postMessage", json={
+        "channel": "drift-alerts", "text": "two", "blocks": blocks},
+        headers={"Authorization": f"Bearer {token}"}).json
+    third = post(client, token, channel="C0ALERTS", text="three").json
+    assert first["ok"] and first["channel"] == "C0ALERTS"
+    assert first["message"]["blocks"] == blocks and first["message"]["text"] == "one"
+    assert second["ok"] and second["channel"] == "C0DRIFT"
+    assert first["ts"] < second["ts"] < third["ts"]
+    stored = client.get("/_emulator/messages?channel=C0ALERTS").json["messages"]
+    assert [m["text"] for m in stored] == ["one", "three"]
+    assert stored[0]["blocks"] == blocks and stored[0]["ts"] == first["ts"]
+    assert set(stored[0]) == {"channel", "ts", "text", "blocks", "received_at"}
+
+
+def test_membership_toggle(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    answer = client.post("/_emulator/channels/C0GENERAL/membership", json={"member": True})
+    assert answer.json == {"channel": "C0GENERAL", "member": True}
+    assert post(client, token, channel="#general", text="hi").json["ok"] is True
+    page = client.post("/_emulator/channels/C0GENERAL/membership/toggle")
+    assert page.status_code == 303
+    assert post(client, token, channel="#general", text="hi").json["error"] == "not_in_channel"
+    assert client.post("/_emulator/channels/C0NOPE/membership",
+                       json={"member": True}).status_code == 404
+
+
+def test_fault_http_status_once_then_ok(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    rule = client.post("/_emulator/faults", json={
+        "method": "chat.postMessage", "mode": "http_status", "status": 503, "times": 1}).json
+    assert rule["ok"] and rule["fault"]["times"] == 1
+    assert post(client, token, channel="C0ALERTS", text="x").status_code == 503
+    assert post(client, token, channel="C0ALERTS", text="x").json["ok"] is True
+    calls = client.get("/_emulator/calls?method=chat.postMessage").json["calls"]
+    assert [c["status"] for c in calls] == [503, 200]
+    assert calls[0]["fault"] == "http_status" and calls[0]["channel"] == "C0ALERTS"
+
+
+def test_fault_filters_and_ok_false(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    client.post("/_emulator/faults", json={"method": "chat.postMessage", "mode": "ok_false",
+                                           "error": "channel_not_found", "channel": "C0DRIFT"})
+    assert post(client, token, channel="C0ALERTS", text="x").json["ok"] is True
+    assert post(client, token, channel="#drift-alerts", text="x").json == {
+        "ok": False, "error": "channel_not_found"}
+    assert client.delete("/_emulator/faults").json == {"ok": True, "cleared": 1}
+    assert post(client, token, channel="C0DRIFT", text="x").json["ok"] is True
+
+
+def test_fault_ratelimited_and_timeout(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    client.post("/_emulator/faults", json={"method": "chat.postMessage", "mode": "ratelimited",
+                                           "retry_after": 30, "times": 1})
+    limited = post(client, token, channel="C0ALERTS", text="x")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "30"
+    assert limited.json == {"ok": False, "error": "ratelimited"}
+    client.post("/_emulator/faults", json={"method": "chat.postMessage", "mode": "timeout",
+                                           "delay": 0.2, "times": 1})
+    started = time.monotonic()
+    slow = post(client, token, channel="C0ALERTS", text="x")
+    assert time.monotonic() - started >= 0.2 and slow.json["ok"] is True
+
+
+def test_fault_disconnect_propagates_as_connection_error(client: FlaskClient) -> None:
+    client.post("/_emulator/faults", json={"method": "auth.test", "mode": "disconnect"})
+    with pytest.raises(ConnectionError):
+        client.post("/api/auth.test", data={"token": "x"})
+
+
+def test_bad_fault_is_refused(client: FlaskClient) -> None:
+    assert client.post("/_emulator/faults", json={"mode": "explode"}).status_code == 400
+    assert client.post("/_emulator/faults", json={"mode": "ok_false", "times": 0}).status_code \
+        == 400
+
+
+def test_per_second_limit(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    assert client.post("/_emulator/config", json={"per_second": 3}).json["per_second"] == 3
+    answers = [post(client, token, channel="C0ALERTS", text=str(i)) for i in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[3].headers["Retry-After"] == "1"
+    # Another channel has its own window.
+    assert post(client, token, channel="C0DRIFT", text="x").status_code == 200
+    calls = client.get("/_emulator/calls?method=chat.postMessage").json["calls"]
+    assert [c["status"] for c in calls].count(429) == 1
+    time.sleep(1.05)
+    assert post(client, token, channel="C0ALERTS", text="later").status_code == 200
+
+
+def test_rotation_and_refresh(client: FlaskClient) -> None:
+    client.post("/_emulator/config", json={"rotation": True, "expires_in": 120})
+    body = install(client)
+    assert body["access_token"].startswith("xoxe.xoxb-1-")
+    assert body["refresh_token"].startswith("xoxe-1-") and body["expires_in"] == 120
+    refreshed = exchange(client, "", grant_type="refresh_token",
+                         refresh_token=body["refresh_token"])
+    assert refreshed["ok"] and refreshed["access_token"] != body["access_token"]
+    assert refreshed["refresh_token"] != body["refresh_token"]
+    assert refreshed["team"]["id"] == "T0ACME01" and refreshed["token_type"] == "bot"
+    assert post(client, refreshed["access_token"], channel="C0ALERTS", text="x").json["ok"]
+    again = exchange(client, "", grant_type="refresh_token", refresh_token=body["refresh_token"])
+    assert again == {"ok": False, "error": "invalid_refresh_token"}
+    assert exchange(client, "", grant_type="refresh_token", refresh_token="xoxe-1-bad")[
+        "error"] == "invalid_refresh_token"
+
+
+def test_rotating_token_expires() -> None:
+    client = create_app({"TESTING": True, "ROTATION": True, "EXPIRES_IN": 1}).test_client()
+    token = install(client)["access_token"]
+    time.sleep(1.05)
+    assert post(client, token, channel="C0ALERTS", text="x").json["error"] == "token_expired"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"token_type": "user"}, {"scope": "incoming-webhook"}, {"app_id": "A0OTHER"},
+    {"team": None, "is_enterprise_install": True}])
+def test_exchange_overrides(client: FlaskClient, overrides: dict[str, t.Any]) -> None:
+    client.post("/_emulator/config", json={"exchange_overrides": overrides})
+    body = install(client)
+    assert {k: body[k] for k in overrides} == overrides
+    assert client.post("/_emulator/tokens/check", json={"token": body["access_token"]}).json == {
+        "live": True}
+    client.post("/_emulator/config", json={"exchange_overrides": None})
+    assert install(client)["token_type"] == "bot"
+
+
+def test_reset_goes_back_to_the_seed(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    post(client, token, channel="C0ALERTS", text="x")
+    client.post("/_emulator/config", json={"per_second": 1, "rotation": True})
+    client.post("/_emulator/faults", json={"mode": "ok_false"})
+    client.post("/_emulator/channels/C0ALERTS/membership", json={"member": False})
+    assert client.post("/_emulator/reset").json == {"ok": True}
+    assert client.get("/_emulator/messages").json == {"messages": []}
+    assert client.get("/_emulator/calls").json == {"calls": [], "counts": {}}
+    assert client.get("/_emulator/faults").json == {"faults": []}
+    assert client.get("/_emulator/tokens").json == {"tokens": []}
+    assert client.get("/_emulator/config").json["rotation"] is False
+    assert post(client, token, channel="C0ALERTS", text="x").json["error"] == "invalid_auth"
+
+
+def test_control_endpoints_never_leak_secrets(client: FlaskClient) -> None:
+    query = consent(client)
+    body = exchange(client, query["code"][0])
+    post(client, body["access_token"], channel="C0ALERTS", text="x")
+    client.post("/api/auth.revoke", data={"token": body["access_token"]})
+    secrets = [body["access_token"], query["code"][0], CLIENT[1],
+               body["incoming_webhook"]["url"]]
+    for path in ("/_emulator/calls", "/_emulator/tokens", "/_emulator/faults",
+                 "/_emulator/config", "/_emulator/workspaces", "/_emulator/channels",
+                 "/_emulator/messages"):
+        text = client.get(path).get_data(as_text=True)
+        assert not any(secret in text for secret in secrets), path
+    tokens = client.get("/_emulator/tokens").json["tokens"]
+    assert tokens == [{"team_id": "T0ACME01", "live": False, "kind": "bot", "rotating": False}]
+
+
+def test_unknown_method(client: FlaskClient) -> None:
+    answer = client.post("/api/users.list")
+    assert answer.status_code == 404 and answer.json == {"ok": False, "error": "unknown_method"}
+
+
+def test_channel_view_renders_blocks_safely(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Scan <b>failed</b>"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*bold* &lt;!channel&gt;"},
+         "fields": [{"type": "mrkdwn", "text": "_when_"}]},
+        {"type": "actions", "elements": [{"type": "button", "url": "https://dw.example/s/1",
+                                          "text": {"type": "plain_text", "text": "Open"}}]},
+    ]
+    post(client, token, channel="C0ALERTS", text="fallback", blocks=json.dumps(blocks))
+    html = client.get("/_emulator/channels").get_data(as_text=True)
+    assert '<article class="message" data-channel="C0ALERTS"' in html
+    assert "Scan &lt;b&gt;failed&lt;/b&gt;" in html and "<b>failed" not in html
+    assert "<strong>bold</strong> &lt;!channel&gt;" in html
+    assert 'href="https://dw.example/s/1"' in html
+    assert 'http-equiv="refresh"' in html
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("*b* _i_ ~s~ `c`", "<strong>b</strong> <em>i</em> <del>s</del> <code>c</code>"),
+    ("<https://x.example/?a=1&amp;b=2|the *link*>",
+     ('<a href="https://x.example/?a=1&amp;b=2" rel="noopener noreferrer" target="_blank">'
+      "the <strong>link</strong></a>")),
+    ("<javascript:alert(1)|click>", "&lt;javascript:alert(1)|click&gt;"),
+    ("<!here> &lt;!here&gt; <@U123>",
+     '<span class="mention">@here</span> &lt;!here&gt; <span class="mention">@U123</span>'),
+    ('<img src=x onerror="y">', "&lt;img src=x onerror=&#34;y&#34;&gt;"),
+    ("a&amp;lt;b", "a&amp;lt;b"),
+])
+def test_mrkdwn(source: str, expected: str) -> None:
+    assert str(mrkdwn(source)) == expected
+
+
+def test_unknown_blocks_render_as_json() -> None:
+    assert '<pre class="block unknown">' in str(render_blocks([{"type": "video", "x": "<"}]))
+
+
+def test_serve_in_thread_over_http() -> None:
+    base, stop = serve_in_thread()
+    try:
+        with requests.Session() as http:
+            answer = http.post(f"{base}/oauth/v2/authorize", data={
+                "client_id": CLIENT[0], "scope": SCOPE, "redirect_uri": REDIRECT, "state": "s",
+                "team": "T0GLOBEX1", "channel": "C0GLBX01", "action": "allow"},
+                allow_redirects=False, timeout=5)
+            code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+            body = http.post(f"{base}/api/oauth.v2.access", auth=CLIENT, timeout=5,
+                             data={"code": code, "redirect_uri": REDIRECT}).json()
+            token = body["access_token"]
+            sent = http.post(f"{base}/api/chat.postMessage", timeout=5,
+                             headers={"Authorization": f"Bearer {token}"},
+                             json={"channel": "#ops", "text": "hello"}).json()
+            assert sent["ok"] and sent["channel"] == "C0GLBX01"
+            http.post(f"{base}/_emulator/faults", timeout=5,
+                      json={"method": "chat.postMessage", "mode": "disconnect", "times": 1})
+            with pytest.raises(requests.ConnectionError):
+                http.post(f"{base}/api/chat.postMessage", timeout=5,
+                          headers={"Authorization": f"Bearer {token}"},
+                          json={"channel": "#ops", "text": "dropped"})
+            messages = http.get(f"{base}/_emulator/messages?channel=C0GLBX01", timeout=5).json()
+            assert [m["text"] for m in messages["messages"]] == ["hello"]
+            http.post(f"{base}/_emulator/faults", timeout=5,
+                      json={"method": "chat.postMessage", "mode": "timeout", "delay": 1.0,
+                            "times": 1})
+            with pytest.raises(requests.Timeout):
+                http.post(f"{base}/api/chat.postMessage", timeout=0.3,
+                          headers={"Authorization": f"Bearer {token}"},
+                          json={"channel": "#ops", "text": "slow"})
+    finally:
+        stop()
+    stop()  # idempotent
