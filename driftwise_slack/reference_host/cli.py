@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from .auth import hash_token, new_token
-from .models import PLANS, ROLES, ApiToken, AuditLogEntry, Membership, Org, Schedule, User
+from .models import (
+    PLANS,
+    ROLES,
+    ApiToken,
+    AuditLogEntry,
+    Membership,
+    Org,
+    Schedule,
+    User,
+)
 from .scans import record_failed_scan, record_succeeded_scan
 from .state import get_state
 
@@ -107,14 +116,15 @@ def create_org_command(slug: str, plan: str) -> None:
         raise CommandFailed("invalid_slug",
                             "A slug has 1-63 lower-case letters, digits or dashes.")
     session = get_state().db.session
+    taken = CommandFailed("org_exists", f"An org with the slug {slug!r} already exists.")
     if session.scalar(sa.select(Org.id).where(Org.slug == slug)) is not None:
-        raise CommandFailed("org_exists", f"An org with the slug {slug!r} already exists.")
+        raise taken
     org = Org(slug=slug, name=slug, plan=plan)
     session.add(org)
     try:
         session.commit()
     except sa.exc.IntegrityError:
-        raise CommandFailed("org_exists", f"An org with the slug {slug!r} already exists.") from None
+        raise taken from None  # a concurrent create-org won the unique slug
     _emit({"org_id": org.id})
 
 

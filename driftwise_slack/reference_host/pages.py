@@ -10,7 +10,15 @@ import hmac
 import secrets
 import typing as t
 
-from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from .auth import SESSION_ORG, SESSION_USER, caller_for_session, caller_for_token
 from .state import get_state

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .. import install
+from .. import install, notify
 from ..extension import get_state
 from ..state import IssuedState
 
@@ -42,3 +42,17 @@ def status() -> Response:
 def uninstall() -> Response:
     state = get_state()
     return jsonify(install.uninstall(state.deps(), state.host.current_caller()))
+
+
+@bp.post("/test")
+def send_test() -> Response:
+    state = get_state()
+    body = request.get_json(silent=True)
+    return jsonify(notify.send_test(state.deps(), state.host.current_caller(), body))
+
+
+@bp.get("/deliveries")
+def deliveries() -> Response:
+    state = get_state()
+    return jsonify(notify.list_deliveries(state.deps(), state.host.current_caller(),
+                                          request.args))

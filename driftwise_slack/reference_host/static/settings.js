@@ -7,7 +7,7 @@
   var INSTALL_PATH = "/api/v2/webhooks/slack/install";
   var TEST_PATH = "/api/v2/webhooks/slack/test";
   var DELIVERIES_PATH = "/api/v2/webhooks/slack/deliveries";
-  var PENDING = ["pending", "queued", "retrying", "scheduled", "deferred"];
+  var PENDING = ["pending", "queued", "sending"];
   var KIND_LABELS = {
     scheduled_scan_failed: "Scan failed",
     schedule_auto_disabled: "Schedule disabled"

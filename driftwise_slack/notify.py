@@ -1,0 +1,103 @@
+"""Use-cases a person triggers from Settings: send a test message, and list recent deliveries."""
+from __future__ import annotations
+
+import typing as t
+
+from . import messages
+from .deps import Deps
+from .errors import (BadRequest, ChannelError, DeadToken, NotInstalled, RateLimited,
+                     SlackApiError, VaultError)
+from .host import Caller
+from .install import _require_caller, _require_manager, _require_plan
+from .jobs import channel_reason
+from .models import Delivery
+from .repository import DeliveryRepository, InstallationRepository
+
+#: Longest channel reference we accept (Slack names are at most 80 characters).
+MAX_CHANNEL = 90
+#: Largest page of deliveries.
+MAX_LIMIT = 100
+
+
+def _channel(raw: t.Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest('Give a channel, e.g. {"channel": "#alerts"} or a channel ID.')
+    channel = raw.strip()
+    if len(channel) > MAX_CHANNEL or not channel.isprintable() or " " in channel:
+        raise BadRequest("That does not look like a Slack channel name or ID.")
+    return channel
+
+
+def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any]:
+    """POST .../test: owner/admin; post a test message now; answer with Slack's outcome.
+
+    Errors are worded for a person: the bot not in the channel says how to invite it.
+    """
+    caller = _require_caller(caller)
+    _require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
+    _require_plan(deps.host, caller.org_id)
+    channel = _channel(body.get("channel") if isinstance(body, dict) else None)
+    row = InstallationRepository(deps.session).active(org_id=caller.org_id)
+    if row is None or not row.valid:
+        raise NotInstalled("Slack is not connected (or the connection is no longer valid). "
+                           "Connect Slack first.")
+    try:
+        from .tokens import usable_token
+        from .extension import get_state
+
+        token = usable_token(get_state(), row)
+    except VaultError:
+        raise NotInstalled("The stored Slack token cannot be used. Reconnect Slack.") from None
+    message = messages.test_message(org_name=None, link=None)
+    try:
+        posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
+                                              blocks=message.blocks)
+    except ChannelError as exc:
+        raise BadRequest(channel_reason(exc.error, channel, deps.settings.bot_name)) from None
+    except DeadToken as exc:
+        InstallationRepository(deps.session).invalidate_team(
+            team_id=row.team_id, reason=exc.error[:64], now=deps.clock())
+        deps.session.commit()
+        raise NotInstalled("Slack says the DriftWise token is no longer valid. "
+                           "Reconnect Slack in Settings.") from None
+    except RateLimited as exc:
+        raise exc
+    except SlackApiError as exc:
+        raise SlackApiError(method=exc.method, error=exc.error, status=exc.status) from None
+    return {"ok": True, "channel": posted.channel, "ts": posted.ts}
+
+
+def _delivery_json(row: Delivery) -> dict[str, t.Any]:
+    return {
+        "id": row.id, "schedule_id": row.schedule_id, "schedule_name": row.schedule_name,
+        "kind": row.event_type, "channel": row.channel, "status": row.status,
+        "reason": row.reason, "attempts": row.attempts,
+        "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
+        "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+    }
+
+
+def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
+                    ) -> dict[str, t.Any]:
+    """GET .../deliveries: any member; newest first; ``limit`` (1-100) and ``cursor`` paging."""
+    caller = _require_caller(caller)
+    if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
+        from .errors import AccessDenied
+
+        raise AccessDenied("You are not a member of this organization.")
+    try:
+        limit = int(args.get("limit") or 20)
+        before = int(args["cursor"]) if args.get("cursor") else None
+    except ValueError:
+        raise BadRequest("limit and cursor must be whole numbers.") from None
+    if not 1 <= limit <= MAX_LIMIT or (before is not None and before < 1):
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}; cursor must be positive.")
+    schedule_id = args.get("schedule_id") or None
+    if schedule_id is not None and len(schedule_id) > 64:
+        raise BadRequest("schedule_id is too long.")
+    rows = DeliveryRepository(deps.session).recent(org_id=caller.org_id, schedule_id=schedule_id,
+                                                   before_id=before, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"deliveries": [_delivery_json(r) for r in rows],
+            "next_cursor": str(rows[-1].id) if more and rows else None}
