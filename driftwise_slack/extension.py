@@ -69,6 +69,8 @@ class _State:
             kwargs: dict[str, t.Any] = {"future": True}
             if url.startswith("postgresql"):
                 kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+            elif url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30}  # demo: web, CLI and worker share a file
             self._engine = create_engine(url, **kwargs)
             self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False))
             self._slack = SlackClient(self.settings.api_url, timeout=self.settings.slack_timeout)

@@ -6,6 +6,8 @@ server that the embedded worker thread drains; every other deployment uses real 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import time
 import typing as t
 import uuid
 
@@ -61,7 +63,10 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
                                  "failure_ttl": FAILURE_TTL, "timeout": JOB_TIMEOUT,
                                  "description": f"deliver slack notification {delivery_id}"}
     if delay > 0:
-        queue.enqueue_in(dt.timedelta(seconds=delay), DELIVER, delivery_id, **options)
+        # RQ keeps scheduled times in whole seconds, rounded down, so a job could run up to a
+        # second early. Round up instead: a retry never starts before Retry-After is over.
+        at = dt.datetime.fromtimestamp(math.ceil(time.time() + delay), dt.timezone.utc)
+        queue.enqueue_at(at, DELIVER, delivery_id, **options)
     elif pipeline is not None:
         queue.enqueue_call(DELIVER, args=(delivery_id,), pipeline=pipeline, **options)
     else:

@@ -147,6 +147,16 @@ def scheduled(app: t.Any) -> list[tuple[str, float]]:
             for job_id, score in connection.zrange(registry.key, 0, -1, withscores=True)]
 
 
+def fire_scheduled(app: t.Any) -> int:
+    """Make every scheduled job due now (time travel for retries); returns how many there were."""
+    connection = get_state(app).redis
+    registry = ScheduledJobRegistry(QUEUE_NAME, connection=connection)
+    jobs = connection.zrange(registry.key, 0, -1)
+    if jobs:
+        connection.zadd(registry.key, {job_id: 0 for job_id in jobs})
+    return len(jobs)
+
+
 def redis_values(connection: t.Any) -> t.Iterator[tuple[str, bytes]]:
     """Every stored value of every key (``SCAN`` + the read that fits each type), raw and, where
     it is zlib-compressed (RQ's job ``data``), decompressed as well."""

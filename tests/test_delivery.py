@@ -7,13 +7,19 @@ Every test uses the real PostgreSQL, the real Redis and the emulator on loopback
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 
 import pytest
+import sqlalchemy as sa
+from rq.job import Job
 
-from delivery_helpers import (connect, deliveries, drain, fail_scan, installations,
-                              only_delivery, schedule)
-from factories import ACME, EmulatorClient
+from delivery_helpers import (bot_token, connect, deliveries, drain, fail_scan, fire_scheduled,
+                              installations, only_delivery, redis_values, schedule, scheduled,
+                              work)
+from factories import ACME, GLOBEX, EmulatorClient
+
+from driftwise_slack import jobs
 
 
 @pytest.fixture
@@ -64,3 +70,309 @@ def test_failed_scheduled_scan_posts_once_with_the_details(
     [button] = [b for b in message["blocks"] if b["type"] == "actions"][0]["elements"]
     assert button["url"] == f"http://driftwise.test/schedules/{schedule_id}"
     assert message["text"].startswith("Scheduled scan failed: Nightly prod")
+
+
+def test_three_failures_post_three_messages_and_the_auto_disable(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions)
+    schedule_id = schedule(actions, name="Nightly prod")
+    outcomes = [fail_scan(actions, schedule_id, f"timeout #{n}") for n in (1, 2, 3)]
+    assert [o["disabled"] for o in outcomes] == [False, False, True]
+
+    rows = drain(app, db)
+
+    assert [(r["event_type"], r["status"]) for r in rows] == [
+        ("scheduled_scan_failed", "sent")] * 3 + [("schedule_auto_disabled", "sent")]
+    posted = slack.messages("C0ALERTS")
+    assert len(posted) == 4 == slack.count("chat.postMessage")
+    for count, message in zip((1, 2, 3), posted[:3]):
+        assert f"*Consecutive failures*\n{count} of 3 before auto-disable" in block_texts(message)
+        assert f"timeout #{count}" in block_texts(message)
+    disabled = posted[3]
+    assert "Schedule auto-disabled" in disabled["blocks"][0]["text"]["text"]
+    text = block_texts(disabled)
+    assert "*Nightly prod* was disabled after 3 consecutive failed scheduled scans." in text
+    assert "re-enable the schedule in DriftWise" in text and "timeout #3" in text
+    assert disabled["text"].startswith("Schedule auto-disabled: Nightly prod after 3")
+
+
+def _no_installation(actions: t.Any, db: t.Any) -> None:
+    actions.owner()
+
+
+def _invalidated(actions: t.Any, db: t.Any) -> None:
+    connect(actions)
+    db.execute(sa.text("UPDATE slack_installations SET invalid_at = now(), "
+                       "invalid_reason = 'token_revoked'"))
+    db.commit()
+
+
+def _free_plan(actions: t.Any, db: t.Any) -> None:
+    connect(actions)
+    assert actions.cli("set-plan", "acme", "free")["plan"] == "free"
+
+
+@pytest.mark.parametrize(("arrange", "reason"), [
+    (_no_installation, "Not sent: Slack is not connected."),
+    (_invalidated, "Not sent: the Slack connection is no longer valid. Reconnect Slack in "
+                   "Settings."),
+    (_free_plan, "Not sent: Slack notifications need the Team or Enterprise plan."),
+], ids=["no-installation", "invalidated", "free-plan"])
+def test_nothing_is_posted_and_the_reason_is_recorded(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
+        arrange: t.Callable[[t.Any, t.Any], None], reason: str) -> None:
+    arrange(actions, db)
+    fail_scan(actions, schedule(actions))
+
+    [row] = drain(app, db)
+
+    assert (row["status"], row["reason"]) == ("skipped", reason)
+    assert slack.count("chat.postMessage") == 0 and slack.messages() == []
+    assert scheduled(app) == []
+
+
+# -- Slack's answers ------------------------------------------------------------------------
+
+
+def test_rate_limit_reschedules_after_retry_after_without_blocking_other_orgs(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions, "acme")
+    connect(actions, "globex", team=GLOBEX)
+    acme_schedule = schedule(actions, "acme", "Acme nightly", "C0ALERTS")
+    globex_schedule = schedule(actions, "globex", "Globex nightly", "C0GLBX01")
+    slack.fault(method="chat.postMessage", mode="ratelimited", retry_after=2, times=1,
+                channel="C0ALERTS")
+    fail_scan(actions, acme_schedule)   # queued first: it meets the 429 first
+    fail_scan(actions, globex_schedule)
+
+    started = time.monotonic()
+    work(app)
+    assert time.monotonic() - started < 1.5, "the worker slept on Retry-After"
+
+    acme_row, globex_row = deliveries(db)
+    assert globex_row["status"] == "sent"
+    assert len(slack.messages("C0GLBX01")) == 1
+    assert acme_row["status"] == "queued" and acme_row["slack_error"] == "ratelimited"
+    assert acme_row["reason"] == "Waiting: Slack asked us to slow down."
+    assert acme_row["attempts"] == 0  # a rate limit does not use up an attempt
+    [limited] = [c for c in slack.calls("chat.postMessage") if c["status"] == 429]
+    [(job_id, due)] = scheduled(app)
+    assert job_id == acme_row["job_id"]
+    assert due >= limited["at"] + 2, "rescheduled before Retry-After was over"
+
+    # Run it early anyway (a clock skew, a second scheduler): the channel's hold still wins.
+    fire_scheduled(app)
+    work(app)
+    assert deliveries(db)[0]["status"] == "queued"
+    assert slack.count("chat.postMessage") == 2  # the 429 and Globex's post; nothing new
+
+    [acme_row, _] = drain(app, db)
+    assert acme_row["status"] == "sent"
+    [message] = slack.messages("C0ALERTS")
+    assert message["received_at"] >= limited["at"] + 2
+
+
+def test_server_errors_are_retried_with_backoff_then_failed(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 3)
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    slack.fault(method="chat.postMessage", mode="http_status", status=500)
+
+    waits = []
+    for attempt in (1, 2):
+        before = time.time()
+        work(app)
+        row = only_delivery(db)
+        assert (row["status"], row["attempts"]) == ("queued", attempt)
+        assert row["reason"] == "Retrying: Slack could not be reached (http_500)."
+        [(_, due)] = scheduled(app)
+        waits.append(due - before)
+        fire_scheduled(app)
+    work(app)
+
+    row = only_delivery(db)
+    assert (row["status"], row["attempts"], row["slack_error"]) == ("failed", 3, "http_500")
+    assert row["reason"] == "Slack could not be reached after 3 attempts (http_500)."
+    assert slack.count("chat.postMessage") == 3 and slack.messages() == []
+    assert scheduled(app) == []
+    # backoff(n) lies in [base * 2**(n-1) / 2, base * 2**(n-1)], rounded up to a whole second.
+    assert jobs.BACKOFF_BASE / 2 <= waits[0] <= jobs.BACKOFF_BASE + 1
+    assert jobs.BACKOFF_BASE <= waits[1] <= 2 * jobs.BACKOFF_BASE + 1
+
+
+@pytest.mark.parametrize(("channel", "error", "hint"), [
+    ("#general", "not_in_channel",
+     "The DriftWise bot is not in #general. Invite it with /invite @driftwise"),
+    ("#no-such-channel", "channel_not_found", "Slack cannot find the channel #no-such-channel."),
+    ("#old-alerts", "is_archived", "The channel #old-alerts is archived."),
+])
+def test_channel_problems_fail_at_once_with_an_actionable_reason(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
+        channel: str, error: str, hint: str) -> None:
+    connect(actions)
+    fail_scan(actions, schedule(actions, channel=channel))
+
+    [row] = drain(app, db)
+
+    assert (row["status"], row["slack_error"], row["attempts"]) == ("failed", error, 1)
+    assert row["reason"].startswith(hint), row["reason"]
+    assert slack.count("chat.postMessage") == 1, "a channel error must not be retried"
+    assert scheduled(app) == []
+    assert installations(db)[0]["invalid_at"] is None
+
+
+@pytest.mark.parametrize("error", ["token_revoked", "invalid_auth", "account_inactive"])
+def test_dead_token_invalidates_the_workspace_in_every_org(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient, error: str) -> None:
+    acme = connect(actions, "acme")
+    globex = connect(actions, "globex", team=ACME)  # the same workspace, so the same token
+    fail_scan(actions, schedule(actions, "acme"))
+    slack.fault(method="chat.postMessage", mode="ok_false", error=error, times=1)
+
+    [row] = drain(app, db)
+
+    assert (row["status"], row["slack_error"], row["attempts"]) == ("failed", error, 1)
+    assert "Reconnect Slack in Settings" in row["reason"]
+    assert slack.count("chat.postMessage") == 1
+    rows = installations(db)
+    assert len(rows) == 2 and all(r["invalid_at"] and r["invalid_reason"] == error for r in rows)
+    for token in (acme, globex):
+        response = actions.status(token)
+        assert (response.status_code, response.get_json()) == (200, {"installed": False})
+
+    # Later events of either org are skipped without asking Slack.
+    fail_scan(actions, schedule(actions, "globex", "Globex nightly"))
+    rows = drain(app, db)
+    assert rows[-1]["status"] == "skipped" and "no longer valid" in rows[-1]["reason"]
+    assert slack.count("chat.postMessage") == 1
+
+
+# -- secrets and escaping ------------------------------------------------------------------
+
+
+def test_no_token_in_redis_or_logs_and_jobs_carry_only_the_delivery_id(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient, redis: t.Any,
+        all_logs: pytest.LogCaptureFixture) -> None:
+    owner = connect(actions)
+    token = bot_token(app, db, installations(db)[0]["org_id"])
+    assert token.startswith("xoxb-") and slack.token_live(token)
+    sent = schedule(actions, "acme", "Sent", "C0ALERTS")
+    limited = schedule(actions, "acme", "Limited", "C0DRIFT")
+    refused = schedule(actions, "acme", "Refused", "#general")
+    slack.fault(method="chat.postMessage", mode="ratelimited", retry_after=30, times=1,
+                channel="C0DRIFT")
+    for schedule_id in (sent, limited, refused):
+        fail_scan(actions, schedule_id)
+    work(app)
+    assert actions.client.post("/api/v2/webhooks/slack/test", json={"channel": "#alerts"},
+                               headers=actions.auth(owner)).status_code == 200
+
+    rows = deliveries(db)
+    assert [r["status"] for r in rows] == ["sent", "queued", "failed"]
+    assert scheduled(app), "the rate-limited job should be waiting in Redis"
+    needle = token.encode()
+    leaks = [key for key, value in redis_values(redis) if needle in value]
+    assert leaks == [], f"bot token found in Redis keys {sorted(set(leaks))}"
+    for row in rows:
+        job = Job.fetch(row["job_id"], connection=redis)
+        assert job.func_name == "driftwise_slack.jobs.deliver"
+        assert (job.args, job.kwargs) == ((row["id"],), {})
+        assert job.description == f"deliver slack notification {row['id']}"
+
+    assert all_logs.records, "expected some log records"
+    for record in all_logs.records:
+        assert token not in record.getMessage(), record.name
+        assert token not in repr(record.args), record.name
+    assert token not in all_logs.text
+
+
+def test_user_and_scanner_text_cannot_mention_or_forge_links(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions)
+    hostile = "<!channel> <!here> <@U123> <https://evil.example|click> & @everyone"
+    fail_scan(actions, schedule(actions, name="Prod <!here>"), hostile)
+
+    [row] = drain(app, db)
+
+    assert row["status"] == "sent"
+    [message] = slack.messages("C0ALERTS")
+    for stored in (message["text"], json.dumps(message["blocks"], ensure_ascii=False)):
+        for raw in ("<!channel>", "<!here>", "<@U123>", "<https://evil.example", "@everyone"):
+            assert raw not in stored
+    body = block_texts(message)
+    assert ("&lt;!channel&gt; &lt;!here&gt; &lt;@U123&gt; &lt;https://evil.example|click&gt; "
+            "&amp; @\u2060everyone") in body
+    assert "Prod &lt;!here&gt;" in body
+
+
+# -- the Settings endpoints: test message and delivery history ------------------------------
+
+
+def test_test_message_posts_now_or_says_how_to_fix_the_channel(
+        actions: t.Any, client: t.Any, slack: EmulatorClient) -> None:
+    owner = connect(actions)
+    member = actions.user("acme", "member@acme.test", "member")
+    url = "/api/v2/webhooks/slack/test"
+
+    ok = client.post(url, json={"channel": "#alerts"}, headers=actions.auth(owner))
+    assert ok.status_code == 200, ok.get_json()
+    body = ok.get_json()
+    assert body["ok"] is True and body["channel"] == "C0ALERTS"
+    [message] = slack.messages("C0ALERTS")
+    assert message["ts"] == body["ts"] and "DriftWise is connected" in message["text"]
+
+    refused = client.post(url, json={"channel": "#general"}, headers=actions.auth(owner))
+    assert refused.status_code == 400
+    assert refused.get_json()["error"] == "bad_request"
+    assert "/invite @driftwise" in refused.get_json()["message"]
+
+    denied = client.post(url, json={"channel": "#alerts"}, headers=actions.auth(member))
+    assert denied.status_code == 403 and denied.get_json()["error"] == "forbidden"
+    assert len(slack.messages()) == 1
+
+
+def test_delivery_history_newest_first_filtered_and_paged(
+        actions: t.Any, client: t.Any, db: t.Any) -> None:
+    owner = connect(actions)
+    member = actions.user("acme", "member@acme.test", "member")
+    stranger = actions.owner("globex")
+    first = schedule(actions, "acme", "First")
+    second = schedule(actions, "acme", "Second")
+    fail_scan(actions, first)
+    fail_scan(actions, first)
+    fail_scan(actions, second)
+    ids = [r["id"] for r in deliveries(db)]
+    url = "/api/v2/webhooks/slack/deliveries"
+
+    def get(token: str, **query: t.Any) -> t.Any:
+        return client.get(url, query_string=query, headers=actions.auth(token))
+
+    listed = get(member)  # any member may read the history
+    assert listed.status_code == 200
+    entries = listed.get_json()["deliveries"]
+    assert [e["id"] for e in entries] == ids[::-1]
+    assert listed.get_json()["next_cursor"] is None
+    newest = entries[0]
+    assert newest["schedule_id"] == str(second) and newest["schedule_name"] == "Second"
+    assert newest["kind"] == "scheduled_scan_failed" and newest["channel"] == "C0ALERTS"
+    assert newest["status"] == "queued" and newest["sent_at"] is None
+
+    only_first = get(owner, schedule_id=first).get_json()["deliveries"]
+    assert [e["id"] for e in only_first] == ids[:2][::-1]
+
+    page = get(owner, limit=2).get_json()
+    assert [e["id"] for e in page["deliveries"]] == ids[::-1][:2]
+    assert page["next_cursor"] == str(ids[1])
+    rest = get(owner, limit=2, cursor=page["next_cursor"]).get_json()
+    assert [e["id"] for e in rest["deliveries"]] == ids[:1]
+    assert rest["next_cursor"] is None
+
+    for bad in ({"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"cursor": "x"},
+                {"cursor": -1}):
+        response = get(owner, **bad)
+        assert response.status_code == 400, bad
+        assert response.get_json()["error"] == "bad_request"
+
+    assert get(stranger).get_json()["deliveries"] == []  # another org sees none of them
