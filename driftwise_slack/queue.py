@@ -60,17 +60,20 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
     Raises ``redis.exceptions.RedisError`` when Redis is unreachable; callers keep the row.
     """
     options: dict[str, t.Any] = {"job_id": job_id, "result_ttl": RESULT_TTL,
-                                 "failure_ttl": FAILURE_TTL, "timeout": JOB_TIMEOUT,
+                                 "failure_ttl": FAILURE_TTL,
                                  "description": f"deliver slack notification {delivery_id}"}
     if delay > 0:
         # RQ keeps scheduled times in whole seconds, rounded down, so a job could run up to a
         # second early. Round up instead: a retry never starts before Retry-After is over.
         at = dt.datetime.fromtimestamp(math.ceil(time.time() + delay), dt.timezone.utc)
-        queue.enqueue_at(at, DELIVER, delivery_id, **options)
+        # enqueue_at names the job timeout ``job_timeout``; any other unknown keyword would
+        # become an argument of the job itself.
+        queue.enqueue_at(at, DELIVER, args=(delivery_id,), job_timeout=JOB_TIMEOUT, **options)
     elif pipeline is not None:
-        queue.enqueue_call(DELIVER, args=(delivery_id,), pipeline=pipeline, **options)
+        queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, pipeline=pipeline,
+                           **options)
     else:
-        queue.enqueue_call(DELIVER, args=(delivery_id,), **options)
+        queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, **options)
 
 
 def job_alive(connection: Redis, job_id: str | None) -> bool:

@@ -23,6 +23,12 @@ from driftwise_slack.emulator import serve_in_thread
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         services.ensure_services()
+        # Several runs on one machine (developers in parallel) must not share databases.
+        os.environ.setdefault("DW_TEST_RUN", str(os.getpid() % 10_000))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return services.summary()
 
 
 def _worker_index(worker_id: str) -> int:
@@ -33,7 +39,8 @@ def _worker_index(worker_id: str) -> int:
 def database_url(worker_id: str) -> t.Iterator[str]:
     """A fresh PostgreSQL database for this worker, with every table migrated."""
     server = services.postgres_url()
-    url = services.create_database(server, f"dw_test_{_worker_index(worker_id)}")
+    name = f"dw_test_{os.environ.get('DW_TEST_RUN', '0')}_{_worker_index(worker_id)}"
+    url = services.create_database(server, name)
     from driftwise_slack.reference_host import create_app
 
     app = create_app({"DATABASE_URL": url, "DRIFTWISE_ENCRYPTION_KEY": ENCRYPTION_KEY,
@@ -41,12 +48,14 @@ def database_url(worker_id: str) -> t.Iterator[str]:
     result = app.test_cli_runner().invoke(args=["host", "init-db"])
     assert result.exit_code == 0, result.output
     yield url
+    services.drop_database(server, name)
 
 
 @pytest.fixture(scope="session")
 def redis_url(worker_id: str) -> str:
     """This worker's own Redis database index on the shared server."""
-    return services.redis_db_url(services.redis_url(), 1 + _worker_index(worker_id))
+    run = int(os.environ.get("DW_TEST_RUN", "0"))
+    return services.redis_db_url(services.redis_url(), 1 + (run + _worker_index(worker_id)) % 15)
 
 
 @pytest.fixture

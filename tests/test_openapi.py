@@ -10,6 +10,7 @@ import copy
 import importlib.resources
 import json
 import re
+import time
 import typing as t
 from urllib.parse import parse_qs, urlsplit
 
@@ -379,8 +380,10 @@ def test_deliveries_page_through(actions: ApiActions) -> None:
                                 query_string={"limit": "1", "cursor": page["next_cursor"]})
     rest = assert_conforms(second, API + "/deliveries", "GET")
     assert len(rest["deliveries"]) == 1 and rest["next_cursor"] is None
-    skipped = rest["deliveries"][0]
-    assert skipped["channel"] is None and skipped["status"] == "skipped"
+    newest, oldest = page["deliveries"][0], rest["deliveries"][0]
+    assert newest["id"] > oldest["id"]
+    assert (newest["channel"], newest["status"]) == (None, "skipped")
+    assert (oldest["channel"], oldest["kind"]) == ("#alerts", "scheduled_scan_failed")
 
 
 @pytest.mark.parametrize(("rule", "expected"), [
@@ -497,3 +500,59 @@ def test_callback_limiter_down_conforms(make_app: t.Any) -> None:
     response = client.get(CALLBACK + "?state=x", headers=JSON)
     assert response.status_code == 503
     assert_conforms(response, CALLBACK, "GET")
+
+
+# ---- the Events API -----------------------------------------------------------------------
+
+EVENTS = "/slack/events"
+SIGNING_SECRET = "test-signing-secret"
+
+
+def signed(body: bytes, *, secret: str = SIGNING_SECRET,
+           stamp: int | None = None) -> dict[str, str]:
+    from driftwise_slack.events import signature_for
+
+    timestamp = str(int(time.time()) if stamp is None else stamp)
+    return {"X-Slack-Request-Timestamp": timestamp, "Content-Type": "application/json",
+            "X-Slack-Signature": signature_for(secret, timestamp=timestamp, body=body)}
+
+
+def _envelope(**fields: t.Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+UNINSTALLED = _envelope(type="event_callback", team_id="T0ACME01", event_id="Ev0001",
+                        event_time=4_000_000_000, event={"type": "app_uninstalled"})
+
+EVENT_CASES: list[tuple[str, bytes, t.Callable[[bytes], dict[str, str]], int]] = [
+    ("challenge", _envelope(type="url_verification", challenge="abc123"), signed, 200),
+    ("uninstalled", UNINSTALLED, signed, 200),
+    ("other event", _envelope(type="event_callback", event={"type": "message"}), signed, 200),
+    ("not json", b"not json", signed, 400),
+    ("no challenge", _envelope(type="url_verification"), signed, 400),
+    ("no event id", _envelope(type="event_callback", event={"type": "app_uninstalled"}),
+     signed, 400),
+    ("unsigned", UNINSTALLED, lambda body: {"Content-Type": "application/json"}, 401),
+    ("wrong secret", UNINSTALLED, lambda body: signed(body, secret="other-secret"), 401),
+    ("stale", UNINSTALLED, lambda body: signed(body, stamp=int(time.time()) - 3600), 401),
+    ("too large", b"{" + b" " * (65 * 1024) + b"}", signed, 413),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "expected"), [c[1:] for c in EVENT_CASES],
+                         ids=[c[0] for c in EVENT_CASES])
+def test_events_responses_conform(make_app: t.Any, body: bytes,
+                                  headers: t.Callable[[bytes], dict[str, str]],
+                                  expected: int) -> None:
+    client = make_app(SLACK_SIGNING_SECRET=SIGNING_SECRET).test_client()
+    response = client.post(EVENTS, data=body, headers=headers(body))
+    assert response.status_code == expected, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    assert_conforms(response, EVENTS, "POST")
+
+
+def test_events_off_without_signing_secret(client: t.Any) -> None:
+    body = _envelope(type="url_verification", challenge="abc123")
+    response = client.post(EVENTS, data=body, headers=signed(body))
+    assert response.status_code == 404
+    assert assert_conforms(response, EVENTS, "POST")["error"] == "not_found"

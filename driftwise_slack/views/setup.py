@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .. import errors as e
 from ..extension import get_state
 from . import errors as render
+from . import events as _events  # noqa: F401  (adds POST /slack/events to the oauth blueprint)
 from .api import bp as api
 from .oauth import bp as oauth
 from .oauth import callback
@@ -93,5 +94,7 @@ def register(app: Flask, state: _State) -> None:
     app.register_blueprint(api)
     app.register_blueprint(oauth)
     state.limiter.init_app(app)
-    # Per source IP, before any other work: the limiter checks in before_request.
-    state.limiter.limit(state.settings.callback_rate_limit)(callback)
+    # Per source IP, before any other work of the view. The limited wrapper is installed for
+    # this app only, so two apps can carry different limits.
+    app.view_functions[CALLBACK] = state.limiter.limit(state.settings.callback_rate_limit)(
+        callback)

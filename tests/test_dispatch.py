@@ -1,0 +1,172 @@
+"""The dispatcher: which events become delivery rows, deduplication, and nothing lost to Redis.
+
+Real PostgreSQL and Redis; the Redis-outage test stops and restarts a Redis of its own.
+"""
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from rq.job import Job
+
+import services
+from delivery_helpers import (connect, deliveries, drain, fail_scan, installations, schedule,
+                              work)
+from factories import ApiActions, EmulatorClient
+
+from driftwise_slack.extension import get_state
+from driftwise_slack.host import EventType, ScanEvent
+from driftwise_slack.queue import get_queue
+from driftwise_slack.reference_host.integration import slack as extension
+
+
+def event(org_id: str, kind: EventType = EventType.SCHEDULED_SCAN_FAILED, *,
+          run_id: str = "run-1", channel: str | None = "C0ALERTS") -> ScanEvent:
+    return ScanEvent(type=kind, org_id=org_id, schedule_id="42", schedule_name="Nightly prod",
+                     channel=channel, run_id=run_id, error="boom", consecutive_failures=1,
+                     disable_after=3)
+
+
+def queued_job_ids(app: t.Any) -> list[str]:
+    return t.cast(list[str], get_queue(get_state(app).redis).job_ids)
+
+
+@pytest.mark.parametrize("kind", [EventType.ADHOC_SCAN_FAILED, EventType.SCAN_SUCCEEDED,
+                                  EventType.DRIFT_SUMMARY])
+def test_events_that_are_not_sent_to_slack_write_nothing(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient,
+        kind: EventType) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    with app.app_context():
+        extension.dispatch(event(org_id, kind))
+    work(app)
+
+    assert deliveries(db) == []
+    assert queued_job_ids(app) == []
+    assert slack.count("chat.postMessage") == 0
+
+
+def test_the_same_event_twice_is_one_row_and_one_post(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    with app.app_context():
+        extension.dispatch(event(org_id))
+        extension.dispatch(event(org_id))
+    [row] = deliveries(db)
+    assert row["dedupe_key"] == f"scheduled_scan_failed:{org_id}:42:run-1"
+    assert queued_job_ids(app) == [row["job_id"]]
+    job = Job.fetch(row["job_id"], connection=get_state(app).redis)
+    assert (job.func_name, job.args, job.kwargs) == ("driftwise_slack.jobs.deliver",
+                                                     (row["id"],), {})
+
+    [row] = drain(app, db)
+    with app.app_context():
+        extension.dispatch(event(org_id))  # once more, after it was sent
+    work(app)
+
+    assert row["status"] == "sent" and len(deliveries(db)) == 1
+    assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
+
+
+def test_a_schedule_without_a_channel_is_skipped_at_dispatch(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions)
+    fail_scan(actions, schedule(actions, channel=None))
+
+    [row] = deliveries(db)
+    assert (row["status"], row["channel"], row["job_id"]) == ("skipped", None, None)
+    assert row["reason"] == "No Slack channel is set on this schedule."
+    assert queued_job_ids(app) == []
+    work(app)
+    assert slack.count("chat.postMessage") == 0
+
+
+def test_a_rolled_back_host_transaction_leaves_no_row_and_no_job(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    with app.app_context():
+        session = extension.session()
+        extension.dispatch(event(org_id), session=session)
+        session.rollback()
+    work(app)
+
+    assert deliveries(db) == [] and queued_job_ids(app) == []
+    assert slack.count("chat.postMessage") == 0
+
+
+@pytest.fixture
+def own_redis() -> t.Iterator[services.RedisProcess]:
+    """A Redis of this test's own, so it can be stopped and started again."""
+    with services.RedisProcess() as server:
+        yield server
+
+
+def test_redis_down_at_dispatch_loses_nothing_and_posts_once(
+        make_app: t.Callable[..., t.Any], db: t.Any, slack: EmulatorClient,
+        own_redis: services.RedisProcess) -> None:
+    app = make_app(REDIS_URL=own_redis.url)
+    actions = ApiActions(app, app.test_client(), slack)
+    connect(actions)
+    schedule_id = schedule(actions)
+
+    own_redis.stop()
+    # The scan pipeline carries on: the command succeeds and prints its usual answer.
+    assert fail_scan(actions, schedule_id) == {
+        "schedule_id": schedule_id, "consecutive_failures": 1, "disabled": False}
+    [row] = deliveries(db)
+    assert (row["status"], row["job_id"], row["lease_until"]) == ("pending", None, None)
+
+    own_redis.start()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["slack", "requeue"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == '{"requeued": 1, "extended": 0}'
+    [row] = deliveries(db)
+    assert row["status"] == "queued" and queued_job_ids(app) == [row["job_id"]]
+
+    [row] = drain(app, db)
+    assert row["status"] == "sent"
+    # A second sweep finds nothing to do, and nothing is posted twice.
+    assert runner.invoke(args=["slack", "requeue"]).output.strip().endswith(
+        '{"requeued": 0, "extended": 0}')
+    work(app)
+    assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
+
+
+def test_the_sweeper_leaves_live_jobs_alone_and_requeues_vanished_ones(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient,
+        redis: t.Any) -> None:
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    runner = app.test_cli_runner()
+
+    def lapse_lease() -> None:
+        db.execute(sa.text("UPDATE slack_deliveries SET lease_until = now() - interval '1 s'"))
+        db.commit()
+
+    def requeue() -> str:
+        result = runner.invoke(args=["slack", "requeue"])
+        assert result.exit_code == 0, result.output
+        return t.cast(str, result.output.strip().splitlines()[-1])
+
+    lapse_lease()
+    job_id = deliveries(db)[0]["job_id"]
+    assert requeue() == '{"requeued": 0, "extended": 1}'  # its job still waits in Redis
+    assert queued_job_ids(app) == [job_id]
+
+    redis.flushdb()  # Redis lost its data (a restart without persistence)
+    lapse_lease()
+    assert requeue() == '{"requeued": 1, "extended": 0}'
+    [row] = deliveries(db)
+    assert row["job_id"] != job_id and queued_job_ids(app) == [row["job_id"]]
+
+    [row] = drain(app, db)
+    assert row["status"] == "sent"
+    assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
