@@ -1,6 +1,7 @@
 """``POST /slack/events`` (SPEC §6): verification first, then uninstall and revocation, once each."""
 from __future__ import annotations
 
+import io
 import json
 import time
 import typing as t
@@ -385,3 +386,21 @@ def test_random_signed_bodies_never_500(acts: ApiActions, payload: t.Any, raw: b
     body = raw if use_raw else json.dumps(payload).encode()
     response = post(acts, body)
     assert response.status_code < 500
+
+
+def test_oversized_stream_without_length_is_refused(acts: ApiActions) -> None:
+    body = b" " * (events.MAX_BODY + 10)
+    response = acts.client.post(EVENTS, input_stream=io.BytesIO(body),
+                                headers=signed_headers(body),
+                                environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("length, status", [("abc", 401), ("-1", 401), ("0", 401),
+                                            ("99999999999999999999", 413)])
+def test_content_length_that_lies(length: str, status: int, acts: ApiActions, db: t.Any) -> None:
+    body = envelope(UNINSTALLED)
+    response = acts.client.post(EVENTS, data=body, headers=signed_headers(body),
+                                environ_overrides={"CONTENT_LENGTH": length})
+    assert response.status_code == status
+    assert rows(db, "SELECT event_id FROM slack_seen_events") == []

@@ -1,0 +1,136 @@
+"""No secret anywhere it could leak: logs, tables, audit, Redis, responses (test plan T-L)."""
+from __future__ import annotations
+
+import logging
+import typing as t
+import zlib
+
+import pytest
+from sqlalchemy import text
+
+from factories import ACME, ApiActions, EmulatorClient, path_of
+
+CLIENT_SECRET = "demo-client-secret"
+
+
+def collect_responses(record: list[t.Any], response: t.Any) -> t.Any:
+    record.append(response.get_data(as_text=True))
+    record.append(str(dict(response.headers)))
+    return response
+
+
+def table_dump(db: t.Any) -> str:
+    """Every value of every table, except the two ciphertext columns."""
+    db.commit()
+    out = []
+    tables = [r[0] for r in db.execute(text(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))]
+    for table in tables:
+        for row in db.execute(text(f'SELECT * FROM "{table}"')).mappings():
+            out.extend(str(v) for k, v in row.items()
+                       if k not in ("token_sealed", "refresh_sealed"))
+    return "\n".join(out)
+
+
+def redis_dump(redis: t.Any) -> str:
+    out: list[str] = []
+    for key in redis.scan_iter(count=500):
+        out.append(key.decode("utf-8", "replace"))
+        kind = redis.type(key).decode()
+        values: list[bytes] = []
+        if kind == "string":
+            values = [redis.get(key) or b""]
+        elif kind == "hash":
+            values = list(redis.hgetall(key).values())
+        elif kind == "list":
+            values = redis.lrange(key, 0, -1)
+        elif kind == "set":
+            values = list(redis.smembers(key))
+        elif kind == "zset":
+            values = [m for m in redis.zrange(key, 0, -1)]
+        for value in values:
+            out.append(value.decode("utf-8", "replace"))
+            try:
+                out.append(zlib.decompress(value).decode("latin-1"))
+            except zlib.error:
+                pass
+    return "\n".join(out)
+
+
+def test_no_secret_leaks_anywhere(actions: ApiActions, slack: EmulatorClient, db: t.Any,
+                                  redis: t.Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    responses: list[str] = []
+    token = actions.owner()
+    member = actions.user("acme", "m@acme.test", "member")
+
+    # A good install; then failing exchanges of every kind; then a refused grant.
+    location = slack.consent(actions.authorize_url(token))
+    code = dict(p.split("=", 1) for p in location.split("?", 1)[1].split("&"))["code"]
+    codes = [code]
+    collect_responses(responses, actions.callback(location))
+    for fault in ({"mode": "ok_false", "error": "invalid_code"},
+                  {"mode": "http_status", "status": 500}):
+        slack.fault(method="oauth.v2.access", times=1, **fault)
+        location = slack.consent(actions.authorize_url(token))
+        codes.append(location.split("code=", 1)[1].split("&", 1)[0])
+        collect_responses(responses, actions.callback(location))
+    for path in ("/api/v2/webhooks/slack/status", "/api/v2/webhooks/slack/deliveries"):
+        collect_responses(responses, actions.client.get(path, headers=actions.auth(token)))
+        collect_responses(responses, actions.client.get(path, headers=actions.auth(member)))
+
+    from driftwise_slack.extension import get_state
+
+    state = get_state(actions.app)
+    with actions.app.app_context():
+        row = state.session().execute(text(
+            "SELECT org_id, team_id, token_sealed FROM slack_installations")).one()
+        bot_token = state.vault.open(row.token_sealed, org_id=row.org_id, team_id=row.team_id)
+    assert bot_token.startswith("xoxb-") and slack.token_live(bot_token)
+
+    # Deliveries with every kind of Slack answer, run by an in-process worker.
+    schedule = actions.cli("create-schedule", "acme", "nightly", "--channel", "#alerts")
+    for fault in ({"mode": "ok_false", "error": "not_in_channel"},
+                  {"mode": "http_status", "status": 503},
+                  {"mode": "ok_false", "error": "token_revoked"}):
+        slack.fault(method="chat.postMessage", times=1, **fault)
+        actions.cli("fail-scan", str(schedule["schedule_id"]), "--error", "boom")
+        with actions.app.app_context():
+            from rq import SimpleWorker
+
+            from driftwise_slack.queue import get_queue
+
+            SimpleWorker([get_queue(state.redis)], connection=state.redis).work(burst=True)
+    collect_responses(responses, actions.client.post(
+        "/api/v2/webhooks/slack/test", json={"channel": "#alerts"}, headers=actions.auth(token)))
+
+    # Uninstall with a failing revoke.
+    slack.fault(method="auth.revoke", mode="http_status", status=500, times=1)
+    collect_responses(responses, actions.uninstall(token))
+
+    secrets = {"bot token": bot_token, "client secret": CLIENT_SECRET,
+               "webhook url": "hooks.slack.com", **{f"code {i}": c for i, c in enumerate(codes)}}
+    places = {
+        "logs": "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records),
+        "tables": table_dump(db),
+        "audit": str(actions.cli("audit", "acme")),
+        "redis": redis_dump(redis),
+        "responses": "\n".join(responses),
+    }
+    assert "deliver" in places["logs"] and ACME in places["tables"]
+    for place, content in places.items():
+        for name, secret in secrets.items():
+            assert secret not in content, f"{name} found in {place}"
+
+
+def test_exceptions_and_errors_never_hold_the_code(actions: ApiActions,
+                                                   slack: EmulatorClient) -> None:
+    token = actions.owner()
+    location = slack.consent(actions.authorize_url(token))
+    code = location.split("code=", 1)[1].split("&", 1)[0]
+    slack.fault(method="oauth.v2.access", mode="ok_false", error="invalid_code", times=1)
+    response = actions.client.get(path_of(location), headers={"Accept": "application/json"})
+    assert response.status_code == 502
+    assert code not in response.get_data(as_text=True)
+    assert set(response.get_json()) == {"error", "message"}
+    assert ACME not in response.get_data(as_text=True)
