@@ -274,3 +274,10 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix):]
     return url
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from :data:`OPTIONS` so the two never drift."""
+    lines = ["| name | meaning | default |", "| --- | --- | --- |"]
+    lines += [f"| `{o.name}` | {o.meaning} | {o.default} |" for o in OPTIONS]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``POST /slack/events`` (SPEC §6): verification first, then uninstall and revocation, once each."""
+"""``POST /slack/events`` (SPEC §6): verified first; uninstall and revocation, once each."""
 from __future__ import annotations
 
 import io
@@ -363,7 +363,7 @@ _ENVELOPES = st.fixed_dictionaries(
                   optional={"tokens": _JSONISH})})
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(body=st.binary(max_size=100_000), stamp=st.none() | _HEADER_TEXT,
@@ -378,7 +378,7 @@ def test_random_requests_never_500(acts: ApiActions, body: bytes, stamp: str | N
     assert 400 <= response.status_code < 500
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(payload=_ENVELOPES | _JSONISH, raw=st.binary(max_size=2_000), use_raw=st.booleans())
 def test_random_signed_bodies_never_500(acts: ApiActions, payload: t.Any, raw: bytes,
