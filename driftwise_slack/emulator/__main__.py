@@ -32,14 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-second", type=int, default=None,
                         help="posts per channel per second before HTTP 429 (off)")
     parser.add_argument("--rotation", action="store_true", help="issue rotating tokens")
-    parser.add_argument("--quiet", action="store_true", help="no access log")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log 'METHOD path status' per request to stderr (off: a reader "
+                             "that never drains stderr would otherwise stall the server)")
     return parser
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     """Parse arguments, start the server and serve until SIGINT/SIGTERM."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     app = create_app({
         "CLIENT_ID": args.client_id,

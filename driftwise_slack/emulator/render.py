@@ -6,6 +6,7 @@ a Slack user would see, and a real mention (``<!channel>``) shows differently fr
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import typing as t
@@ -13,27 +14,94 @@ import typing as t
 from markupsafe import Markup, escape
 
 _ANGLE = re.compile(r"<([^<>|\n]+)(?:\|([^<>\n]*))?>")
-_CODE = re.compile(r"`([^`\n]+)`")
+#: A ```code block``` (may span lines) or an inline `code` span; nothing inside is formatted.
+_CODE = re.compile(r"```(.+?)```|`([^`\n]+)`", re.DOTALL)
 _BOLD = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
 _ITALIC = re.compile(r"(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])")
 _STRIKE = re.compile(r"(?<![\w~])~(?=\S)([^~\n]+?)(?<=\S)~(?![\w~])")
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
+_DATE_TOKEN = re.compile(r"\{(date_num|date|date_short|date_long|date_pretty|date_short_pretty|"
+                         r"date_long_pretty|time|time_secs|ago)\}")
+#: The emulator has no reader, so date tokens are shown in UTC (Slack uses the reader's zone).
+_DATE_TITLE = "Slack shows this in the reader's time zone; the emulator shows UTC."
 
 
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def _inline(text: str) -> str:
-    html = str(escape(_unescape(text)))
-    html = _CODE.sub(r"<code>\1</code>", html)
+def _styled(html: str) -> str:
     html = _BOLD.sub(r"<strong>\1</strong>", html)
     html = _ITALIC.sub(r"<em>\1</em>", html)
     html = _STRIKE.sub(r"<del>\1</del>", html)
     return html.replace("\n", "<br>")
 
 
+def _inline(text: str) -> str:
+    html = str(escape(_unescape(text)))
+    out: list[str] = []
+    pos = 0
+    for match in _CODE.finditer(html):
+        out.append(_styled(html[pos:match.start()]))
+        if match.group(1) is not None:
+            out.append(f'<pre class="code">{match.group(1).strip(chr(10))}</pre>')
+        else:
+            out.append(f"<code>{match.group(2)}</code>")
+        pos = match.end()
+    out.append(_styled(html[pos:]))
+    return "".join(out)
+
+
+def _ordinal(day: int) -> str:
+    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return f"{day}{suffix}"
+
+
+def _date_part(moment: dt.datetime, token: str) -> str:
+    if token.endswith("_pretty"):
+        days = (moment.date() - dt.datetime.now(dt.UTC).date()).days
+        relative = {-1: "yesterday", 0: "today", 1: "tomorrow"}.get(days)
+        if relative:
+            return relative.capitalize() if token == "date_long_pretty" else relative
+        token = token[: -len("_pretty")]
+    day = _ordinal(moment.day)
+    if token == "date_num":
+        return f"{moment:%Y-%m-%d}"
+    if token == "date":
+        return f"{moment:%B} {day}, {moment.year}"
+    if token == "date_short":
+        return f"{moment:%b} {moment.day}, {moment.year}"
+    if token == "date_long":
+        return f"{moment:%A, %B} {day}, {moment.year}"
+    if token in ("time", "time_secs"):
+        return moment.strftime("%I:%M:%S %p" if token == "time_secs" else "%I:%M %p").lstrip("0")
+    seconds = int((dt.datetime.now(dt.UTC) - moment).total_seconds())
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if abs(seconds) >= size:
+            count = abs(seconds) // size
+            amount = f"{count} {unit}{'' if count == 1 else 's'}"
+            return f"{amount} ago" if seconds > 0 else f"in {amount}"
+    return "just now"
+
+
+def _date(target: str, label: str | None) -> str:
+    """``<!date^STAMP^FORMAT[^LINK]|fallback>`` as Slack shows it, but in UTC.
+
+    A token Slack could not read shows its fallback text, as Slack does.
+    """
+    parts = target.split("^")
+    try:
+        moment = dt.datetime.fromtimestamp(int(parts[1]), dt.UTC)
+        text = _DATE_TOKEN.sub(lambda m: _date_part(moment, m.group(1)), parts[2])
+    except (IndexError, ValueError, OverflowError, OSError):
+        return str(escape(_unescape(label or "")))
+    return (f'<time class="date" datetime="{moment:%Y-%m-%dT%H:%M:%SZ}" '
+            f'title="{escape(_DATE_TITLE)}">{escape(_unescape(text))}</time>')
+
+
 def _angle(target: str, label: str | None) -> str:
+    if target.startswith("!date^"):
+        return _date(target, label)
     if target[0] in "!@#":
         if target.startswith("!"):
             shown = label or "@" + target[1:].split("^", 1)[0]
@@ -48,7 +116,8 @@ def _angle(target: str, label: str | None) -> str:
 
 
 def mrkdwn(text: str) -> Markup:
-    """Render Slack mrkdwn: ``*bold*``, ``_italic_``, ``~strike~``, `` `code` ``, links, mentions."""
+    """Render Slack mrkdwn: ``*bold*``, ``_italic_``, ``~strike~``, `` `code` ``, code blocks,
+    links, mentions and date tokens."""
     out: list[str] = []
     pos = 0
     for match in _ANGLE.finditer(text):
