@@ -18,7 +18,7 @@ import typing as t
 
 from .errors import BadRequest, SlackIntegrationError
 from .host import AuditEvent
-from .install import _audit
+from .install import write_audit
 from .repository import EventRepository, InstallationRepository
 
 if t.TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _uninstall(deps: Deps, *, event_id: str, team_id: str, event_time: dt.dateti
     log.info("event %s app_uninstalled: team %s removed from orgs %s", event_id, team_id,
              [org for org, _ in gone])
     for org_id, team_name in gone:
-        _audit(deps.host, AuditEvent(
+        write_audit(deps.host, AuditEvent(
             action="slack.uninstalled", org_id=org_id, user_id=None,
             details={"team_id": team_id, "team_name": team_name, "reason": "app_uninstalled"}))
     return Outcome({"ok": True}, action="uninstall", orgs=tuple(org for org, _ in gone))

@@ -50,20 +50,22 @@ class CompletedInstall:
     cookie_name: str = ""
 
 
-def _require_caller(caller: Caller | None) -> Caller:
+def require_caller(caller: Caller | None) -> Caller:
+    """The caller, or :class:`Unauthenticated` (401)."""
     if caller is None:
         raise Unauthenticated()
     return caller
 
 
-def _require_manager(host: HostAdapter, *, org_id: str, user_id: str) -> Role:
+def require_manager(host: HostAdapter, *, org_id: str, user_id: str) -> Role:
+    """The member's role when it is owner or admin, else :class:`AccessDenied` (403)."""
     role = host.role_of(org_id=org_id, user_id=user_id)
     if role is None or not role.can_manage:
         raise AccessDenied()
     return role
 
 
-def _require_plan(host: HostAdapter, org_id: str) -> Plan:
+def require_plan(host: HostAdapter, org_id: str) -> Plan:
     """Fail closed: an error while asking for the plan is a 503, never a pass."""
     try:
         plan = host.plan_of(org_id)
@@ -77,11 +79,11 @@ def _require_plan(host: HostAdapter, org_id: str) -> Plan:
 
 def start_install(deps: Deps, caller: Caller | None, *, redirect_uri: str) -> StartedInstall:
     """POST .../install: 401, 503 unavailable, 403 role, 402 plan, then the authorize URL."""
-    caller = _require_caller(caller)
+    caller = require_caller(caller)
     if not deps.settings.available:
         raise Unavailable()
-    _require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
-    _require_plan(deps.host, caller.org_id)
+    require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
+    require_plan(deps.host, caller.org_id)
     state = deps.signer.issue(caller, now=int(deps.clock().timestamp()))
     query = urlencode({"client_id": deps.settings.client_id, "scope": ",".join(SCOPES),
                        "redirect_uri": redirect_uri, "state": state.token})
@@ -189,8 +191,8 @@ def complete_install(deps: Deps, params: CallbackParams, cookies: t.Mapping[str,
     if not params.code:
         raise BadRequest("Slack did not send an authorization code. "
                          "Start again from DriftWise Settings.")
-    _require_manager(deps.host, org_id=org_id, user_id=user_id)
-    _require_plan(deps.host, org_id)
+    require_manager(deps.host, org_id=org_id, user_id=user_id)
+    require_plan(deps.host, org_id)
     settings = deps.settings
     if not settings.available:
         raise Unavailable()
@@ -214,13 +216,15 @@ def complete_install(deps: Deps, params: CallbackParams, cookies: t.Mapping[str,
         raise StorageFailed() from None
     log.info("slack installed for org %s team %s (reinstall=%s)", org_id, done.team_id,
              done.reinstall)
-    _audit(deps.host, AuditEvent(action="slack.installed", org_id=org_id, user_id=user_id,
+    write_audit(deps.host, AuditEvent(action="slack.installed", org_id=org_id, user_id=user_id,
                                  details={"team_id": done.team_id, "team_name": done.team_name,
                                           "reinstall": done.reinstall}))
     return dataclasses.replace(done, cookie_name=verified.cookie_name)
 
 
-def _audit(host: HostAdapter, event: AuditEvent) -> None:
+def write_audit(host: HostAdapter, event: AuditEvent) -> None:
+    """Hand ``event`` to the host. A failing audit log is logged (ids only), never raised:
+    the action it records has already been committed."""
     try:
         host.write_audit(event)
     except Exception:
@@ -229,7 +233,7 @@ def _audit(host: HostAdapter, event: AuditEvent) -> None:
 
 def get_status(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
     """GET .../status: one of the three shapes of SPEC §3, for any member."""
-    caller = _require_caller(caller)
+    caller = require_caller(caller)
     if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
         raise AccessDenied("You are not a member of this organization.")
     if not deps.settings.available:
@@ -243,8 +247,8 @@ def get_status(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
 
 def uninstall(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
     """DELETE .../install: 401, 403, 404; delete (authoritative), then revoke unless shared."""
-    caller = _require_caller(caller)
-    _require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
+    caller = require_caller(caller)
+    require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
     repo = InstallationRepository(deps.session)
     row = repo.active(org_id=caller.org_id)
     if row is None:
@@ -264,7 +268,7 @@ def uninstall(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
         revoked = _revoke_quietly(deps, token, reason="uninstall")
     log.info("slack uninstalled for org %s team %s (revoked=%s, shared=%s)", caller.org_id,
              team_id, revoked, shared)
-    _audit(deps.host, AuditEvent(
+    write_audit(deps.host, AuditEvent(
         action="slack.uninstalled", org_id=caller.org_id, user_id=caller.user_id,
         details={"team_id": team_id, "team_name": team_name, "revoked": revoked,
                  "revoke_skipped": "shared_workspace" if shared else None}))

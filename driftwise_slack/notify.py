@@ -8,7 +8,7 @@ from .deps import Deps
 from .errors import (BadRequest, ChannelError, DeadToken, NotInstalled, RateLimited,
                      SlackApiError, VaultError)
 from .host import Caller
-from .install import _require_caller, _require_manager, _require_plan
+from .install import require_caller, require_manager, require_plan
 from .jobs import channel_reason
 from .models import Delivery
 from .repository import DeliveryRepository, InstallationRepository
@@ -33,9 +33,9 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
 
     Errors are worded for a person: the bot not in the channel says how to invite it.
     """
-    caller = _require_caller(caller)
-    _require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
-    _require_plan(deps.host, caller.org_id)
+    caller = require_caller(caller)
+    require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
+    require_plan(deps.host, caller.org_id)
     channel = _channel(body.get("channel") if isinstance(body, dict) else None)
     row = InstallationRepository(deps.session).active(org_id=caller.org_id)
     if row is None or not row.valid:
@@ -80,7 +80,7 @@ def _delivery_json(row: Delivery) -> dict[str, t.Any]:
 def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
                     ) -> dict[str, t.Any]:
     """GET .../deliveries: any member; newest first; ``limit`` (1-100) and ``cursor`` paging."""
-    caller = _require_caller(caller)
+    caller = require_caller(caller)
     if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
         from .errors import AccessDenied
 

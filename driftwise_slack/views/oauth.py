@@ -42,9 +42,10 @@ def _params() -> install.CallbackParams:
         if value is not None and (len(value) > limit or not value.isprintable()):
             raise BadRequest("The link is not a valid Slack connection link.")
         values[name] = value
-    if not values["state"]:
+    state = values["state"]
+    if not state:
         raise BadRequest("The link has no state. Start connecting Slack from DriftWise Settings.")
-    return install.CallbackParams(state=t.cast(str, values["state"]), code=values["code"] or None,
+    return install.CallbackParams(state=state, code=values["code"] or None,
                                   error=values["error"])
 
 
