@@ -44,8 +44,10 @@ def usable_token(state: _State, row: Installation) -> str:
     locked = InstallationRepository(session).get(installation_id=row.id, for_update=True)
     if locked is None:
         raise DeadToken(method="oauth.v2.access", error="installation_removed")
+    seen = row.token_sealed
     session.refresh(locked)
-    if not _due(locked, now):  # another worker refreshed it while we waited for the lock
+    # Another worker refreshed it while we waited for the lock: use its token.
+    if locked.token_sealed != seen or not _due(locked, now):
         token = vault.open(locked.token_sealed, org_id=locked.org_id, team_id=locked.team_id)
         session.commit()
         return token
