@@ -5,13 +5,14 @@ import typing as t
 
 from . import messages
 from .deps import Deps
-from .errors import (BadRequest, ChannelError, DeadToken, NotInstalled, RateLimited,
-                     SlackApiError, VaultError)
+from .errors import AccessDenied, BadRequest, ChannelError, DeadToken, NotInstalled, VaultError
+from .extension import get_state
 from .host import Caller
 from .install import require_caller, require_manager, require_plan
 from .jobs import channel_reason
 from .models import Delivery
 from .repository import DeliveryRepository, InstallationRepository
+from .tokens import usable_token
 
 #: Longest channel reference we accept (Slack names are at most 80 characters).
 MAX_CHANNEL = 90
@@ -31,7 +32,8 @@ def _channel(raw: t.Any) -> str:
 def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any]:
     """POST .../test: owner/admin; post a test message now; answer with Slack's outcome.
 
-    Errors are worded for a person: the bot not in the channel says how to invite it.
+    Errors are worded for a person: the bot not in the channel says how to invite it. Other
+    Slack failures propagate as typed errors (429 with Retry-After, 502 otherwise).
     """
     caller = require_caller(caller)
     require_manager(deps.host, org_id=caller.org_id, user_id=caller.user_id)
@@ -42,9 +44,6 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         raise NotInstalled("Slack is not connected (or the connection is no longer valid). "
                            "Connect Slack first.")
     try:
-        from .tokens import usable_token
-        from .extension import get_state
-
         token = usable_token(get_state(), row)
     except VaultError:
         raise NotInstalled("The stored Slack token cannot be used. Reconnect Slack.") from None
@@ -60,10 +59,6 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         deps.session.commit()
         raise NotInstalled("Slack says the DriftWise token is no longer valid. "
                            "Reconnect Slack in Settings.") from None
-    except RateLimited as exc:
-        raise exc
-    except SlackApiError as exc:
-        raise SlackApiError(method=exc.method, error=exc.error, status=exc.status) from None
     return {"ok": True, "channel": posted.channel, "ts": posted.ts}
 
 
@@ -82,8 +77,6 @@ def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
     """GET .../deliveries: any member; newest first; ``limit`` (1-100) and ``cursor`` paging."""
     caller = require_caller(caller)
     if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
-        from .errors import AccessDenied
-
         raise AccessDenied("You are not a member of this organization.")
     try:
         limit = int(args.get("limit") or 20)
@@ -93,8 +86,8 @@ def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
     if not 1 <= limit <= MAX_LIMIT or (before is not None and before < 1):
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}; cursor must be positive.")
     schedule_id = args.get("schedule_id") or None
-    if schedule_id is not None and len(schedule_id) > 64:
-        raise BadRequest("schedule_id is too long.")
+    if schedule_id is not None and (len(schedule_id) > 64 or not schedule_id.isprintable()):
+        raise BadRequest("schedule_id must be a schedule's id.")
     rows = DeliveryRepository(deps.session).recent(org_id=caller.org_id, schedule_id=schedule_id,
                                                    before_id=before, limit=limit + 1)
     more = len(rows) > limit
