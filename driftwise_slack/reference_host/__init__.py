@@ -54,7 +54,7 @@ def create_app(
     environment. ``mount_slack=False`` builds the host alone (no Slack routes, no dispatch).
     Raises ``driftwise_slack.errors.ConfigurationError`` or ``ValueError`` on bad settings.
     """
-    app = Flask(__name__, instance_path=instance_path)
+    app = Flask(__name__, instance_path=instance_path or os.environ.get("DRIFTWISE_INSTANCE_PATH"))
     if test_config:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
