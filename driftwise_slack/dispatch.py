@@ -47,7 +47,6 @@ def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
         row.status = DeliveryStatus.SKIPPED.value
         row.reason = "No Slack channel is set on this schedule."
     else:
-        row.job_id = new_job_id(0)
         row.lease_until = now + QUEUE_LEASE
     return row
 
@@ -69,6 +68,7 @@ def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None)
         log.info("duplicate event %s ignored", event.dedupe_key)
         return
     db.flush()
+    row.job_id = new_job_id(row.id) if row.status == DeliveryStatus.QUEUED.value else None
     if row.status != DeliveryStatus.QUEUED.value:
         if own:
             db.commit()
@@ -85,8 +85,27 @@ def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None)
         db.commit()
         enqueue_after_commit(state, delivery_id, job_id)
     else:
-        sa_event.listen(db, "after_commit",
-                        lambda _s: enqueue_after_commit(state, delivery_id, job_id), once=True)
+        _enqueue_when_committed(state, db, delivery_id, job_id)
+
+
+_PENDING = "driftwise_slack.pending_enqueues"
+
+
+def _enqueue_when_committed(state: _State, db: Session, delivery_id: int, job_id: str) -> None:
+    """Queue after the caller's commit; forget it if the caller rolls back instead."""
+    db.info.setdefault(_PENDING, []).append((state, delivery_id, job_id))
+    if not sa_event.contains(db, "after_commit", _drain):
+        sa_event.listen(db, "after_commit", _drain)
+        sa_event.listen(db, "after_rollback", _discard)
+
+
+def _drain(db: Session) -> None:
+    for state, delivery_id, job_id in db.info.pop(_PENDING, []):
+        enqueue_after_commit(state, delivery_id, job_id)
+
+
+def _discard(db: Session) -> None:
+    db.info.pop(_PENDING, None)
 
 
 def enqueue_after_commit(state: _State, delivery_id: int, job_id: str) -> None:

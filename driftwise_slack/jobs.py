@@ -33,7 +33,8 @@ MAX_ATTEMPTS = 5
 #: Backoff of transient retries: base * 2**(attempt-1), capped, with full jitter on top.
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 600.0
-#: A worker holds a row this long; the sweeper takes it back if the worker died.
+#: A worker holds a row this long; the sweeper takes it back if the worker died. Longer than
+#: queue.JOB_TIMEOUT, so RQ has killed an overrunning job before its row can be taken again.
 SEND_LEASE = dt.timedelta(seconds=45)
 #: Extra time past ``not_before`` before the sweeper worries about a scheduled row.
 SCHEDULE_GRACE = dt.timedelta(seconds=60)
@@ -57,17 +58,19 @@ def channel_reason(error: str, channel: str, bot_name: str) -> str:
 
 def backoff(attempt: int) -> float:
     """Exponential backoff with jitter for transient failures."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def _message(state: _State, row: Delivery) -> messages.SlackMessage:
     link = state.host.schedule_url(org_id=row.org_id, schedule_id=row.schedule_id)
-    common = dict(schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
-                  consecutive_failures=row.consecutive_failures, link=link)
     if row.event_type == EventType.SCHEDULE_AUTO_DISABLED.value:
-        return messages.schedule_disabled(**common)
-    return messages.scan_failed(disable_after=row.disable_after, **common)
+        return messages.schedule_disabled(
+            schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
+            consecutive_failures=row.consecutive_failures, link=link)
+    return messages.scan_failed(
+        schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
+        consecutive_failures=row.consecutive_failures, disable_after=row.disable_after, link=link)
 
 
 class _Outcome:
@@ -95,7 +98,7 @@ def deliver(delivery_id: int) -> str:
 def _deliver(state: _State, delivery_id: int) -> str:
     session = state.session()
     deliveries = DeliveryRepository(session)
-    now = t.cast(dt.datetime, state.deps().clock())
+    now = state.deps().clock()
     if not deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE):
         session.rollback()
         log.info("delivery %s already handled or held by another worker", delivery_id)
@@ -203,13 +206,13 @@ def _dead(state: _State, installation: Installation, exc: SlackApiError) -> _Out
 def _invalidate(state: _State, team_id: str, reason: str) -> None:
     """Every org holding this workspace shares the dead token: mark them all invalid."""
     count = InstallationRepository(state.session()).invalidate_team(
-        team_id=team_id, reason=reason[:64], now=t.cast(dt.datetime, state.deps().clock()))
+        team_id=team_id, reason=reason[:64], now=state.deps().clock())
     log.warning("workspace %s: %s installation(s) marked invalid (%s)", team_id, count, reason)
 
 
 def _record(state: _State, row: Delivery, outcome: _Outcome) -> str:
     session = state.session()
-    now = t.cast(dt.datetime, state.deps().clock())
+    now = state.deps().clock()
     row.status = outcome.status.value
     row.reason = outcome.reason
     row.slack_error = outcome.slack_error

@@ -19,8 +19,10 @@ from rq.job import Job, JobStatus
 QUEUE_NAME = "driftwise_slack"
 #: Dotted path of the job: jobs are enqueued by name and carry a delivery id only.
 DELIVER = "driftwise_slack.jobs.deliver"
-#: Hard limit of one job run; the Slack call's own timeout (<= 25 s) fires well before.
-JOB_TIMEOUT = 60
+#: Hard limit of one job run, kept below the row lease (jobs.SEND_LEASE) so that a job is
+#: always dead before another worker may take its row over. A post with a token refresh and a
+#: plain-text fallback makes three Slack calls of SLACK_TIMEOUT (10 s by default) each.
+JOB_TIMEOUT = 40
 #: How long finished and failed jobs stay in Redis (the delivery row is the record).
 RESULT_TTL = 600
 FAILURE_TTL = 7 * 24 * 3600

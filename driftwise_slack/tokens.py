@@ -36,7 +36,7 @@ def usable_token(state: _State, row: Installation) -> str:
     cannot be reached for a needed refresh.
     """
     vault = state.vault
-    now = t.cast(dt.datetime, state.deps().clock())
+    now = state.deps().clock()
     if not _due(row, now):
         return vault.open(row.token_sealed, org_id=row.org_id, team_id=row.team_id)
     session = state.session()

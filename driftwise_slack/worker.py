@@ -149,7 +149,7 @@ def start_embedded(app: Flask, state: _State, *, interval: float = 0.5) -> threa
             with app.app_context():
                 try:
                     sweep(state)
-                    scheduler.enqueue_scheduled_jobs()
+                    scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
                     worker.work(burst=True, logging_level="WARNING")
                 except Exception:
                     log.exception("embedded worker run failed")

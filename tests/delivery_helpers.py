@@ -11,10 +11,9 @@ import typing as t
 import zlib
 
 import sqlalchemy as sa
+from factories import ACME, GLOBEX, ApiActions
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
-
-from factories import ACME, GLOBEX, ApiActions
 
 from driftwise_slack.extension import get_state
 from driftwise_slack.models import DeliveryStatus

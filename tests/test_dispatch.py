@@ -7,13 +7,11 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-import sqlalchemy as sa
-from rq.job import Job
-
 import services
-from delivery_helpers import (connect, deliveries, drain, fail_scan, installations, schedule,
-                              work)
+import sqlalchemy as sa
+from delivery_helpers import connect, deliveries, drain, fail_scan, installations, schedule, work
 from factories import ApiActions, EmulatorClient
+from rq.job import Job
 
 from driftwise_slack.extension import get_state
 from driftwise_slack.host import EventType, ScanEvent
@@ -95,10 +93,15 @@ def test_a_rolled_back_host_transaction_leaves_no_row_and_no_job(
         session = extension.session()
         extension.dispatch(event(org_id), session=session)
         session.rollback()
+        session.commit()            # a later commit of the same session queues nothing
+        assert queued_job_ids(app) == []
+        extension.dispatch(event(org_id, run_id="run-2"), session=session)
+        session.commit()
+        assert len(queued_job_ids(app)) == 1
     work(app)
 
-    assert deliveries(db) == [] and queued_job_ids(app) == []
-    assert slack.count("chat.postMessage") == 0
+    assert [d["run_id"] for d in deliveries(db)] == ["run-2"]
+    assert slack.count("chat.postMessage") == 1
 
 
 @pytest.fixture

@@ -10,9 +10,15 @@ import time
 import typing as t
 
 import pytest
-
-from delivery_helpers import (connect, deliveries, fail_scan, installations, schedule, wait_for,
-                              worker_env)
+from delivery_helpers import (
+    connect,
+    deliveries,
+    fail_scan,
+    installations,
+    schedule,
+    wait_for,
+    worker_env,
+)
 from factories import GLOBEX, ApiActions, EmulatorClient
 from processes import RQWorker
 
@@ -41,6 +47,45 @@ def start_worker(config: dict[str, t.Any], db: t.Any, redis: t.Any) -> t.Iterato
 def sent(db: t.Any, count: int = 1) -> bool:
     rows = deliveries(db)
     return len(rows) == count and all(row["status"] == "sent" for row in rows)
+
+
+# Listed first so that, run in parallel, the longest test starts early.
+@pytest.mark.slow
+def test_a_worker_killed_mid_post_is_replaced_and_the_message_arrives_once(
+        actions: ApiActions, db: t.Any, slack: EmulatorClient, start_worker: Start) -> None:
+    """SIGKILL while Slack is still answering; the next worker takes over once the lease lapses.
+
+    The emulator, like Slack, finishes a request whose client has gone. To model a kill *before*
+    Slack accepted the post, the bot leaves the channel while that orphaned request finishes, so
+    Slack refuses it; then it rejoins. The new worker must then post exactly once. If the kill
+    came *after* Slack accepted the post but before the row said ``sent``, the retry posts a
+    second copy: delivery is at least once, and that window cannot be closed from our side.
+    """
+    connect(actions)
+    schedule_id = schedule(actions)
+    slack.fault(method="chat.postMessage", mode="timeout", delay=4, times=1)
+    doomed = start_worker(SLACK_TIMEOUT=10)
+
+    fail_scan(actions, schedule_id)
+    # The fault is used up when the post reached the emulator: it is now "slow to answer".
+    doomed.wait_until(lambda: not slack.http.get(slack.url + "/_emulator/faults").json()["faults"],
+                      timeout=10, message="the post in flight")
+    assert deliveries(db)[0]["status"] == "sending"
+    slack.membership("C0ALERTS", False)  # checked when the slow answer is over
+    doomed.kill(signal.SIGKILL, group=True)
+    doomed.wait(timeout=10)
+    wait_for(lambda: slack.calls("chat.postMessage"), timeout=10,
+             message="the orphaned request finishing")
+    slack.membership("C0ALERTS", True)
+    assert slack.messages() == []
+
+    successor = start_worker(SLACK_TIMEOUT=10)
+    successor.wait_until(lambda: sent(db), timeout=90, message="the row sent by the successor")
+
+    [row] = deliveries(db)
+    assert row["attempts"] == 2
+    assert len(slack.messages("C0ALERTS")) == 1
+    assert [c["error"] for c in slack.calls("chat.postMessage")] == ["not_in_channel", None]
 
 
 def test_the_worker_process_delivers_within_seconds(
@@ -103,41 +148,3 @@ def test_pacing_keeps_a_busy_channel_under_slacks_limit(
     calls = slack.calls("chat.postMessage")
     assert [c for c in calls if c["status"] == 429] == []
     assert len(calls) == 8
-
-
-@pytest.mark.slow
-def test_a_worker_killed_mid_post_is_replaced_and_the_message_arrives_once(
-        actions: ApiActions, db: t.Any, slack: EmulatorClient, start_worker: Start) -> None:
-    """SIGKILL while Slack is still answering; the next worker takes over once the lease lapses.
-
-    The emulator, like Slack, finishes a request whose client has gone. To model a kill *before*
-    Slack accepted the post, the bot leaves the channel while that orphaned request finishes, so
-    Slack refuses it; then it rejoins. The new worker must then post exactly once. If the kill
-    came *after* Slack accepted the post but before the row said ``sent``, the retry posts a
-    second copy: delivery is at least once, and that window cannot be closed from our side.
-    """
-    connect(actions)
-    schedule_id = schedule(actions)
-    slack.fault(method="chat.postMessage", mode="timeout", delay=3, times=1)
-    doomed = start_worker(SLACK_TIMEOUT=10)
-
-    fail_scan(actions, schedule_id)
-    # The fault is used up when the post reached the emulator: it is now "slow to answer".
-    doomed.wait_until(lambda: not slack.http.get(slack.url + "/_emulator/faults").json()["faults"],
-                      timeout=10, message="the post in flight")
-    assert deliveries(db)[0]["status"] == "sending"
-    doomed.kill(signal.SIGKILL, group=True)
-    doomed.wait(timeout=10)
-    slack.membership("C0ALERTS", False)
-    wait_for(lambda: slack.calls("chat.postMessage"), timeout=10,
-             message="the orphaned request finishing")
-    slack.membership("C0ALERTS", True)
-    assert slack.messages() == []
-
-    successor = start_worker(SLACK_TIMEOUT=10)
-    successor.wait_until(lambda: sent(db), timeout=90, message="the row sent by the successor")
-
-    [row] = deliveries(db)
-    assert row["attempts"] == 2
-    assert len(slack.messages("C0ALERTS")) == 1
-    assert [c["error"] for c in slack.calls("chat.postMessage")] == ["not_in_channel", None]
