@@ -155,7 +155,8 @@ class Settings:
         return bool(self.client_id and self.client_secret)
 
 
-def _lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> t.Any:
+def lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> t.Any:
+    """``config[name]``, else ``environ[name]``, else ``None``; empty strings count as unset."""
     value = config.get(name)
     if value is None or value == "":
         value = environ.get(name)
@@ -168,7 +169,8 @@ def _as_bool(value: t.Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def _as_int(name: str, value: t.Any, *, minimum: int) -> int:
+def parse_int(name: str, value: t.Any, *, minimum: int) -> int:
+    """``value`` as a whole number of at least ``minimum``, else :class:`ConfigurationError`."""
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -201,7 +203,7 @@ def load_settings(
 ) -> Settings:
     """Read every option once. Raises :class:`ConfigurationError` with an actionable message."""
     env = os.environ if environ is None else environ
-    raw = {opt.field: _lookup(opt.name, config, env) for opt in OPTIONS}
+    raw = {opt.field: lookup(opt.name, config, env) for opt in OPTIONS}
     demo = _as_bool(raw["demo"] or False)
 
     key = raw["encryption_key"]
@@ -247,13 +249,13 @@ def load_settings(
         api_url=api_url,
         authorize_url=str(raw["authorize_url"] or DEFAULT_AUTHORIZE_URL),
         settings_url=str(raw["settings_url"] or DEFAULT_SETTINGS_URL),
-        state_max_age=_as_int("SLACK_STATE_MAX_AGE", raw["state_max_age"] or DEFAULT_STATE_MAX_AGE,
+        state_max_age=parse_int("SLACK_STATE_MAX_AGE", raw["state_max_age"] or DEFAULT_STATE_MAX_AGE,
                               minimum=1),
         callback_rate_limit=str(raw["callback_rate_limit"] or DEFAULT_CALLBACK_RATE_LIMIT),
         ratelimit_storage_uri=str(raw["ratelimit_storage_uri"] or redis_url or "memory://"),
-        disable_after=_as_int("DRIFTWISE_DISABLE_AFTER",
+        disable_after=parse_int("DRIFTWISE_DISABLE_AFTER",
                               raw["disable_after"] or DEFAULT_DISABLE_AFTER, minimum=1),
-        trusted_proxies=_as_int("DRIFTWISE_TRUSTED_PROXIES", raw["trusted_proxies"] or 0,
+        trusted_proxies=parse_int("DRIFTWISE_TRUSTED_PROXIES", raw["trusted_proxies"] or 0,
                                 minimum=0),
         base_url=(str(raw["base_url"]).rstrip("/") if raw["base_url"] else None),
         channel_rate=str(raw["channel_rate"] or DEFAULT_CHANNEL_RATE),
@@ -261,7 +263,7 @@ def load_settings(
         bot_name=str(raw["bot_name"] or DEFAULT_BOT_NAME),
         signing_secret=raw["signing_secret"],
         app_id=raw["app_id"],
-        delivery_retention_days=_as_int(
+        delivery_retention_days=parse_int(
             "DRIFTWISE_DELIVERY_RETENTION_DAYS",
             raw["delivery_retention_days"] or DEFAULT_DELIVERY_RETENTION_DAYS, minimum=1),
         demo=demo,

@@ -11,7 +11,8 @@ import typing as t
 
 from flask import Flask, current_app
 
-from driftwise_slack.config import DEFAULT_DISABLE_AFTER, normalize_database_url
+from driftwise_slack.config import (DEFAULT_DISABLE_AFTER, lookup, normalize_database_url,
+                                    parse_int)
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -28,28 +29,8 @@ DEFAULT_SQLITE_NAME = "driftwise.sqlite3"
 FALLBACK_BASE_URL = "http://localhost:5000"
 
 
-class ConfigError(ValueError):
-    """A host option has a value that cannot be used; the message says which and why."""
-
-
-def lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> t.Any:
-    """``config[name]``, else ``environ[name]``; empty strings count as unset."""
-    value = config.get(name)
-    if value is None or value == "":
-        value = environ.get(name)
-    return None if value == "" else value
-
-
 def _int_option(name: str, value: t.Any, *, default: int, minimum: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}.") from None
-    if number < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {number}.")
-    return number
+    return default if value is None else parse_int(name, value, minimum=minimum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +53,7 @@ def load_host_settings(
     *,
     instance_path: str,
 ) -> HostSettings:
-    """Read the host options once. Raises :class:`ConfigError` on unusable values."""
+    """Read the host options once. Raises ``ConfigurationError`` on unusable values."""
     env = os.environ if environ is None else environ
     url = lookup("DATABASE_URL", config, env)
     if url is None:
