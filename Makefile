@@ -66,7 +66,9 @@ bench: venv
 
 lint: venv
 	@echo "==> ruff"
-	@$(PY) -m ruff check driftwise_slack tests
+	@$(PY) -m ruff check --line-length 100 --select E4,E7,E9,E501,F,W,B,I \
+	    --config 'lint.isort.known-first-party=["driftwise_slack","services","processes","factories","delivery_helpers","browser","benchmarks"]' \
+	    driftwise_slack tests
 	@echo "==> mypy (strict, settings in setup.cfg)"
 	@$(PY) -m mypy
 

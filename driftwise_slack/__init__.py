@@ -4,9 +4,17 @@ Mount it with ``SlackIntegration(app, host=MyHostAdapter())``; see the README.
 """
 from __future__ import annotations
 
-from .errors import (AccessDenied, ConfigurationError, InvalidState, NotInstalled,
-                     PaymentRequired, SlackApiError, SlackIntegrationError, Unavailable,
-                     VaultError)
+from .errors import (
+                     AccessDenied,
+                     ConfigurationError,
+                     InvalidState,
+                     NotInstalled,
+                     PaymentRequired,
+                     SlackApiError,
+                     SlackIntegrationError,
+                     Unavailable,
+                     VaultError,
+)
 from .extension import SlackIntegration
 from .host import AuditEvent, Caller, EventType, HostAdapter, Plan, Role, ScanEvent
 

@@ -1,4 +1,6 @@
-"""gunicorn settings for a DriftWise web process: ``gunicorn -c python:driftwise_slack.gunicorn_conf``.
+"""gunicorn settings for a DriftWise web process.
+
+Use: ``gunicorn -c python:driftwise_slack.gunicorn_conf 'wsgi:app'``.
 
 The access log records the request path but never the query string: the OAuth callback's query
 holds the single-use code and the state.

@@ -13,9 +13,22 @@ from urllib.parse import urlencode
 
 from .config import SCOPES
 from .deps import Deps
-from .errors import (AccessDenied, BadRequest, Cancelled, ExchangeFailed, InstallRefused,
-                     InvalidState, NotInstalled, PaymentRequired, PlanCheckFailed,
-                     SlackApiError, StorageFailed, Unauthenticated, Unavailable, VaultError)
+from .errors import (
+    AccessDenied,
+    BadRequest,
+    Cancelled,
+    ExchangeFailed,
+    InstallRefused,
+    InvalidState,
+    NotInstalled,
+    PaymentRequired,
+    PlanCheckFailed,
+    SlackApiError,
+    StorageFailed,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+)
 from .host import AuditEvent, Caller, HostAdapter, Plan, Role
 from .models import Installation
 from .repository import InstallationRepository, StateRepository

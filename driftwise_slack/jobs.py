@@ -14,8 +14,14 @@ import typing as t
 from redis.exceptions import RedisError
 
 from . import messages
-from .errors import (ChannelError, DeadToken, RateLimited, SlackApiError, TransientSlackError,
-                     VaultError)
+from .errors import (
+    ChannelError,
+    DeadToken,
+    RateLimited,
+    SlackApiError,
+    TransientSlackError,
+    VaultError,
+)
 from .host import EventType
 from .models import Delivery, DeliveryStatus, Installation
 from .pacing import ChannelPacer
@@ -175,7 +181,8 @@ def _classify(state: _State, row: Delivery, installation: Installation,
                         refund=True)
     if isinstance(exc, ChannelError):
         return _Outcome(DeliveryStatus.FAILED,
-                        channel_reason(exc.error, t.cast(str, row.channel), state.settings.bot_name),
+                        channel_reason(exc.error, t.cast(str, row.channel),
+                                       state.settings.bot_name),
                         slack_error=exc.error)
     if isinstance(exc, DeadToken):
         return _dead(state, installation, exc)

@@ -15,8 +15,7 @@ import typing as t
 
 import requests
 
-from .errors import (ChannelError, DeadToken, RateLimited, SlackApiError,
-                     TransientSlackError)
+from .errors import ChannelError, DeadToken, RateLimited, SlackApiError, TransientSlackError
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,8 @@ class TokenVault:
         return f"{VERSION}.{self.current_key_id}.{encoded}"
 
     def open(self, sealed: str, *, org_id: str, team_id: str, field: str = "bot_token") -> str:
-        """Decrypt. Raises :class:`VaultError` for another row's ciphertext, damage or a lost key."""
+        """Decrypt. Raises :class:`VaultError` for another row's ciphertext, damage or a lost
+        key."""
         try:
             version, kid, encoded = sealed.split(".", 2)
             raw = base64.urlsafe_b64decode(encoded.encode("ascii"))

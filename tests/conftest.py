@@ -15,9 +15,8 @@ import redis as redis_lib
 from sqlalchemy import create_engine, text
 
 import services
-from factories import ENCRYPTION_KEY, ApiActions, EmulatorClient
-
 from driftwise_slack.emulator import serve_in_thread
+from factories import ENCRYPTION_KEY, ApiActions, EmulatorClient
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,14 +114,23 @@ def config(database_url: str, redis_url: str, slack: EmulatorClient) -> dict[str
 
 @pytest.fixture
 def make_app(config: dict[str, t.Any], db: t.Any, redis: redis_lib.Redis
-             ) -> t.Callable[..., t.Any]:
+             ) -> t.Iterator[t.Callable[..., t.Any]]:
     """Build a reference host with the test config, plus any overrides."""
+    from driftwise_slack.extension import get_state
     from driftwise_slack.reference_host import create_app
+    from driftwise_slack.reference_host.state import get_state as host_state
+
+    built: list[t.Any] = []
 
     def build(**overrides: t.Any) -> t.Any:
-        return create_app({**config, **overrides})
+        app = create_app({**config, **overrides})
+        built.append(app)
+        return app
 
-    return build
+    yield build
+    for app in built:   # close pools now, not whenever the garbage collector gets to them
+        get_state(app).engine.dispose()
+        host_state(app).db.dispose()
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import typing as t
 import zlib
 
 import sqlalchemy as sa
-from factories import ACME, GLOBEX, ApiActions
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from driftwise_slack.extension import get_state
 from driftwise_slack.models import DeliveryStatus
 from driftwise_slack.queue import QUEUE_NAME, get_queue
+from factories import ACME, GLOBEX, ApiActions
 
 #: The channel each seeded workspace's schedules notify by default.
 HOME_CHANNEL = {ACME: "C0ALERTS", GLOBEX: "C0GLBX01"}

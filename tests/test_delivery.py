@@ -13,6 +13,8 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+from rq.job import Job
+
 from delivery_helpers import (
     bot_token,
     connect,
@@ -28,10 +30,8 @@ from delivery_helpers import (
     wait_for,
     work,
 )
-from factories import ACME, GLOBEX, EmulatorClient
-from rq.job import Job
-
 from driftwise_slack import jobs
+from factories import ACME, GLOBEX, EmulatorClient
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_three_failures_post_three_messages_and_the_auto_disable(
         ("scheduled_scan_failed", "sent")] * 3 + [("schedule_auto_disabled", "sent")]
     posted = slack.messages("C0ALERTS")
     assert len(posted) == 4 == slack.count("chat.postMessage")
-    for count, message in zip((1, 2, 3), posted[:3]):
+    for count, message in zip((1, 2, 3), posted[:3], strict=True):
         assert f"*Consecutive failures*\n{count} of 3 before auto-disable" in block_texts(message)
         assert f"timeout #{count}" in block_texts(message)
     disabled = posted[3]

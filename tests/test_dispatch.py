@@ -7,16 +7,16 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-import services
 import sqlalchemy as sa
-from delivery_helpers import connect, deliveries, drain, fail_scan, installations, schedule, work
-from factories import ApiActions, EmulatorClient
 from rq.job import Job
 
+import services
+from delivery_helpers import connect, deliveries, drain, fail_scan, installations, schedule, work
 from driftwise_slack.extension import get_state
 from driftwise_slack.host import EventType, ScanEvent
 from driftwise_slack.queue import get_queue
 from driftwise_slack.reference_host.integration import slack as extension
+from factories import ApiActions, EmulatorClient
 
 
 def event(org_id: str, kind: EventType = EventType.SCHEDULED_SCAN_FAILED, *,

@@ -11,10 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from factories import ACME, ApiActions, EmulatorClient
-
 from driftwise_slack import events
 from driftwise_slack.errors import BadRequest
+from factories import ACME, ApiActions, EmulatorClient
 
 SECRET = "test-signing-secret-8f742231b10e8888abcd"
 EVENTS = "/slack/events"

@@ -16,12 +16,16 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import (content_type_conformance, not_a_server_error,
-                                 response_headers_conformance, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from test_openapi import assert_conforms
 
 from factories import ApiActions, EmulatorClient
-from test_openapi import assert_conforms
 
 API = "/api/v2/webhooks/slack"
 EVENTS = "/slack/events"

@@ -22,7 +22,8 @@ def test_rotate_keys(actions: ApiActions, make_app: t.Any, slack: EmulatorClient
     token = actions.owner()
     actions.install(token)
     before = key_ids(db)
-    rotated = make_app(DRIFTWISE_ENCRYPTION_KEY=NEW_KEY, DRIFTWISE_ENCRYPTION_KEYS_OLD=ENCRYPTION_KEY)
+    rotated = make_app(DRIFTWISE_ENCRYPTION_KEY=NEW_KEY,
+                       DRIFTWISE_ENCRYPTION_KEYS_OLD=ENCRYPTION_KEY)
     result = rotated.test_cli_runner().invoke(args=["slack", "rotate-keys"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)

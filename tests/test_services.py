@@ -12,6 +12,7 @@ import uuid
 import psycopg2
 import pytest
 import redis
+
 import services
 from processes import Gunicorn, RQWorker
 

@@ -7,8 +7,13 @@ import pytest
 import requests
 import responses
 
-from driftwise_slack.errors import (ChannelError, DeadToken, RateLimited, SlackApiError,
-                                    TransientSlackError)
+from driftwise_slack.errors import (
+    ChannelError,
+    DeadToken,
+    RateLimited,
+    SlackApiError,
+    TransientSlackError,
+)
 from driftwise_slack.slack_api import SlackClient
 
 API = "https://slack.test/api/"
@@ -24,7 +29,8 @@ def client() -> SlackClient:
 @responses.activate
 def test_exchange_uses_basic_auth_and_same_redirect() -> None:
     responses.post(API + "oauth.v2.access", json={
-        "ok": True, "access_token": TOKEN, "token_type": "bot", "scope": "chat:write,incoming-webhook",
+        "ok": True, "access_token": TOKEN, "token_type": "bot",
+        "scope": "chat:write,incoming-webhook",
         "bot_user_id": "U1", "app_id": "A1", "team": {"id": "T1", "name": "Acme"},
         "enterprise": None, "is_enterprise_install": False,
         "incoming_webhook": {"url": "https://hooks.slack.com/services/T/B/CANARYHOOK"}})
@@ -35,8 +41,8 @@ def test_exchange_uses_basic_auth_and_same_redirect() -> None:
     assert SECRET not in (request.body or "")
     assert "redirect_uri=https%3A%2F%2Fdw.test%2Fslack%2Foauth%2Fcallback" in request.body
     assert "grant_type=authorization_code" in request.body
-    assert (access.team_id, access.scopes, access.token_type) == ("T1", ("chat:write",
-                                                                          "incoming-webhook"), "bot")
+    assert access.team_id == "T1" and access.token_type == "bot"
+    assert access.scopes == ("chat:write", "incoming-webhook")
     assert TOKEN not in repr(access) and "CANARYHOOK" not in repr(access)
 
 

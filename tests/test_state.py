@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import assume, given, settings
-from itsdangerous.encoding import base64_decode
 from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode
 
 from driftwise_slack.errors import InvalidState
 from driftwise_slack.host import Caller

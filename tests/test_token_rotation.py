@@ -7,11 +7,10 @@ import typing as t
 
 from sqlalchemy import text
 
-from factories import ApiActions, EmulatorClient
-
 from driftwise_slack.extension import get_state
 from driftwise_slack.repository import InstallationRepository
 from driftwise_slack.tokens import usable_token
+from factories import ApiActions, EmulatorClient
 
 
 def installation_row(db: t.Any) -> t.Any:

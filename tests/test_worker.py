@@ -10,6 +10,7 @@ import time
 import typing as t
 
 import pytest
+
 from delivery_helpers import (
     connect,
     deliveries,
@@ -19,11 +20,10 @@ from delivery_helpers import (
     wait_for,
     worker_env,
 )
-from factories import GLOBEX, ApiActions, EmulatorClient
-from processes import RQWorker
-
 from driftwise_slack.host import EventType, ScanEvent
 from driftwise_slack.reference_host.integration import slack as extension
+from factories import GLOBEX, ApiActions, EmulatorClient
+from processes import RQWorker
 
 Start = t.Callable[..., RQWorker]
 

@@ -11,8 +11,7 @@ import typing as t
 
 from flask import Flask, current_app
 
-from driftwise_slack.config import (DEFAULT_DISABLE_AFTER, lookup, normalize_database_url,
-                                    parse_int)
+from driftwise_slack.config import DEFAULT_DISABLE_AFTER, lookup, normalize_database_url, parse_int
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session

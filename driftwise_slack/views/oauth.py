@@ -65,5 +65,6 @@ def callback() -> Response:
 
 @bp.get("/slack/openapi.json")
 def openapi() -> Response:
-    text = importlib.resources.files("driftwise_slack").joinpath("openapi.json").read_text(encoding="utf-8")
+    document = importlib.resources.files("driftwise_slack").joinpath("openapi.json")
+    text = document.read_text(encoding="utf-8")
     return Response(json.dumps(json.loads(text)), mimetype="application/json")
