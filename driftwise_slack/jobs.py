@@ -121,9 +121,14 @@ def _attempt(state: _State, row: Delivery) -> _Outcome:
     try:
         plan = host.plan_of(row.org_id)
     except Exception:
+        # Fail closed, like the callback: never post without knowing the plan allows it.
         log.exception("plan lookup failed for org %s", row.org_id)
+        if row.attempts >= MAX_ATTEMPTS:
+            return _Outcome(DeliveryStatus.FAILED,
+                            "Not sent: DriftWise could not check the plan after "
+                            f"{row.attempts} attempts.", slack_error="plan_check_failed")
         return _Outcome(DeliveryStatus.QUEUED, "Waiting: DriftWise could not check the plan.",
-                        delay=backoff(row.attempts), refund=False)
+                        delay=backoff(row.attempts))
     if plan is None or not plan.allows_slack:
         return _Outcome(DeliveryStatus.SKIPPED,
                         "Not sent: Slack notifications need the Team or Enterprise plan.")

@@ -219,6 +219,29 @@ def test_server_errors_are_retried_with_backoff_then_failed(
     assert jobs.BACKOFF_BASE <= waits[1] <= 2 * jobs.BACKOFF_BASE + 2
 
 
+def test_plan_lookup_failure_fails_closed_then_gives_up(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 2)
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    from driftwise_slack.extension import get_state
+
+    def billing_down(org_id: str) -> t.NoReturn:
+        raise TimeoutError("billing service timed out")
+
+    monkeypatch.setattr(get_state(app).host, "plan_of", billing_down)
+    work(app)
+    row = only_delivery(db)
+    assert (row["status"], row["reason"]) == ("queued",
+                                              "Waiting: DriftWise could not check the plan.")
+    fire_scheduled(app)
+    work(app)
+    row = only_delivery(db)
+    assert (row["status"], row["slack_error"]) == ("failed", "plan_check_failed")
+    assert slack.count("chat.postMessage") == 0
+
+
 @pytest.mark.parametrize(("channel", "error", "hint"), [
     ("#general", "not_in_channel",
      "The DriftWise bot is not in #general. Invite it with /invite @driftwise"),
