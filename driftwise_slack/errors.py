@@ -168,3 +168,17 @@ class Cancelled(SlackIntegrationError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__()
+
+
+class InvalidSignature(SlackIntegrationError):
+    """An Events API request is not from Slack: signature or timestamp missing, stale or wrong."""
+
+    code = "invalid_signature"
+    message = "The request signature could not be verified."
+
+
+class PayloadTooLarge(SlackIntegrationError):
+    """A request body is larger than we read."""
+
+    code = "too_large"
+    message = "The request is too large."

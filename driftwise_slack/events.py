@@ -16,7 +16,7 @@ import logging
 import re
 import typing as t
 
-from .errors import BadRequest, SlackIntegrationError
+from .errors import BadRequest, InvalidSignature, PayloadTooLarge
 from .host import AuditEvent
 from .install import write_audit
 from .repository import EventRepository, InstallationRepository
@@ -43,20 +43,6 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 # Slack's event times are Unix seconds; anything outside this range is not one.
 _EVENT_TIME_MAX = 10**11
-
-
-class InvalidSignature(SlackIntegrationError):
-    """The request is not from Slack: signature or timestamp missing, malformed, stale or wrong."""
-
-    code = "invalid_signature"
-    message = "The request signature could not be verified."
-
-
-class PayloadTooLarge(SlackIntegrationError):
-    """The request body is larger than :data:`MAX_BODY`."""
-
-    code = "too_large"
-    message = "The request is too large."
 
 
 @dataclasses.dataclass(frozen=True)

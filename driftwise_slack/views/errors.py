@@ -15,6 +15,8 @@ STATUS: tuple[tuple[type[e.SlackIntegrationError], int], ...] = (
     (e.PaymentRequired, 402),
     (e.PlanCheckFailed, 503),
     (e.InvalidState, 400),
+    (e.InvalidSignature, 401),
+    (e.PayloadTooLarge, 413),
     (e.BadRequest, 400),
     (e.NotInstalled, 404),
     (e.InstallRefused, 400),

@@ -13,7 +13,7 @@ from flask import Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import events
-from ..errors import BadRequest, SlackIntegrationError
+from ..errors import PayloadTooLarge
 from ..extension import get_state
 from .errors import describe, json_error
 from .oauth import bp
@@ -24,41 +24,27 @@ TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
 RETRY_HEADER = "X-Slack-Retry-Num"
 
-#: The status of each error this route answers itself, most specific first.
-STATUS: tuple[tuple[type[SlackIntegrationError], int], ...] = (
-    (events.InvalidSignature, 401),
-    (events.PayloadTooLarge, 413),
-    (BadRequest, 400),
-)
-
-
 def _single(name: str) -> str | None:
     """The header's value when it is sent exactly once; a repeated header counts as missing."""
     values = request.headers.getlist(name)
     return values[0] if len(values) == 1 else None
 
 
-def _refuse(exc: SlackIntegrationError) -> Response:
-    status = next(code for cls, code in STATUS if isinstance(exc, cls))
-    log.info("slack event refused: %s", exc.code)
-    return json_error(exc.code, exc.message, status)
-
-
 def _read_body() -> bytes:
     """The raw body, at most ``events.MAX_BODY`` bytes, read once and not cached.
 
-    Raises :class:`~driftwise_slack.events.PayloadTooLarge` from the declared length before
+    Raises :class:`~driftwise_slack.PayloadTooLarge` from the declared length before
     reading, and from the stream's limit when no length was declared.
     """
     declared = request.content_length
     if declared is not None and declared > events.MAX_BODY:
-        raise events.PayloadTooLarge()
+        raise PayloadTooLarge()
     limit = request.max_content_length
     request.max_content_length = events.MAX_BODY if limit is None else min(limit, events.MAX_BODY)
     try:
         return request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise events.PayloadTooLarge() from None
+        raise PayloadTooLarge() from None
 
 
 @bp.post("/slack/events")
@@ -67,17 +53,13 @@ def slack_events() -> Response:
     if not settings.signing_secret:
         code, message = describe(404)
         return json_error(code, message, 404)
-    try:
-        body = _read_body()
-        # Verified before the body is parsed and before any database work.
-        events.verify_request(settings.signing_secret, timestamp=_single(TIMESTAMP_HEADER),
-                              signature=_single(SIGNATURE_HEADER), body=body,
-                              now=int(time.time()))
-        payload = events.parse_body(body)
-        retry = _single(RETRY_HEADER)
-        if retry is not None and retry.isascii() and retry.isdigit() and len(retry) <= 3:
-            log.info("slack event retry %s", retry)
-        outcome = events.handle(get_state().deps(), payload)
-    except (events.InvalidSignature, events.PayloadTooLarge, BadRequest) as exc:
-        return _refuse(exc)
-    return jsonify(outcome.body)
+    # Errors are answered by the blueprint's handlers (JSON, statuses in views/errors.py).
+    body = _read_body()
+    # Verified before the body is parsed and before any database work.
+    events.verify_request(settings.signing_secret, timestamp=_single(TIMESTAMP_HEADER),
+                          signature=_single(SIGNATURE_HEADER), body=body, now=int(time.time()))
+    payload = events.parse_body(body)
+    retry = _single(RETRY_HEADER)
+    if retry is not None and retry.isascii() and retry.isdigit() and len(retry) <= 3:
+        log.info("slack event retry %s", retry)
+    return jsonify(events.handle(get_state().deps(), payload).body)
