@@ -63,24 +63,22 @@ def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None)
     own = session is None
     db = state.session() if own else session
     assert db is not None
-    row = DeliveryRepository(db).add_unique(build_delivery(event, now=utcnow()))
-    if row is None:
-        log.info("duplicate event %s ignored", event.dedupe_key)
-        return
-    db.flush()
-    row.job_id = new_job_id(row.id) if row.status == DeliveryStatus.QUEUED.value else None
-    if row.status != DeliveryStatus.QUEUED.value:
-        if own:
-            db.commit()
-        return
-    if not state.settings.redis_url and not state.embedded_worker_running:
+    row = build_delivery(event, now=utcnow())
+    queued = row.status == DeliveryStatus.QUEUED.value
+    if queued and not state.settings.redis_url and not state.embedded_worker_running:
         # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
         # leave the row to that process's sweeper rather than to our private fakeredis.
-        row.status, row.job_id, row.lease_until = DeliveryStatus.PENDING.value, None, None
+        row.status, row.lease_until, queued = DeliveryStatus.PENDING.value, None, False
+    job_id = row.job_id = new_job_id(None) if queued else None
+    # One statement: the insert, the dedupe and the new id (no select-then-insert race).
+    delivery_id = DeliveryRepository(db).insert_unique(row)
+    if delivery_id is None:
+        log.info("duplicate event %s ignored", event.dedupe_key)
+        return
+    if not queued or job_id is None:
         if own:
             db.commit()
         return
-    delivery_id, job_id = row.id, t.cast(str, row.job_id)
     if own:
         db.commit()
         enqueue_after_commit(state, delivery_id, job_id)

@@ -45,7 +45,9 @@ class _State:
         self.vault = TokenVault(ring.encryption_keys())
         self.limiter = Limiter(
             key_func=get_remote_address, storage_uri=settings.ratelimit_storage_uri,
-            strategy="fixed-window", headers_enabled=True, swallow_errors=False,
+            # No X-RateLimit-* headers: computing them costs Redis round trips on every request.
+            # The 429 answer carries Retry-After (views/setup.py).
+            strategy="fixed-window", headers_enabled=False, swallow_errors=False,
             in_memory_fallback_enabled=False, key_prefix="driftwise_slack")
         self._lock = threading.Lock()
         self._pid = -1

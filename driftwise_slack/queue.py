@@ -50,9 +50,10 @@ def get_queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT)
 
 
-def new_job_id(delivery_id: int) -> str:
-    """Each (re)enqueue gets its own id, remembered on the delivery row."""
-    return f"dwslack-{delivery_id}-{uuid.uuid4().hex[:10]}"
+def new_job_id(delivery_id: int | None) -> str:
+    """Each (re)enqueue gets its own id, remembered on the delivery row. The first enqueue is
+    decided before the row has an id (one INSERT does it all), so it says ``new``."""
+    return f"dwslack-{'new' if delivery_id is None else delivery_id}-{uuid.uuid4().hex[:10]}"
 
 
 def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,

@@ -122,6 +122,30 @@ class DeliveryRepository:
             return None
         return delivery
 
+    def insert_unique(self, delivery: Delivery) -> int | None:
+        """Insert ``delivery`` unless its ``dedupe_key`` exists: the new id, or ``None``.
+
+        On PostgreSQL and SQLite this is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``;
+        elsewhere it falls back to :meth:`add_unique`.
+        """
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:
+            added = self.add_unique(delivery)
+            if added is None:
+                return None
+            self.session.flush()
+            return added.id
+        values = {column.key: getattr(delivery, column.key)
+                  for column in Delivery.__table__.columns
+                  if column.key != "id" and getattr(delivery, column.key) is not None}
+        stmt = (insert(Delivery).values(**values)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id))
+        return self.session.execute(stmt).scalar_one_or_none()
+
     def get(self, *, delivery_id: int) -> Delivery | None:
         return self.session.get(Delivery, delivery_id)
 

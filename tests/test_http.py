@@ -75,8 +75,7 @@ def test_rate_limit_shared_across_workers(fresh: dict[str, t.Any],
                                              "Connection": "close"}, timeout=10)
             statuses.append(response.status_code)
             if response.status_code == 429:
-                assert int(response.headers["Retry-After"]) > 0
-                assert response.headers["X-RateLimit-Limit"] == "5"
+                assert int(response.headers["Retry-After"]) == 60
                 assert "Too many attempts" in response.text
     assert statuses == [400] * 5 + [429] * 7
     assert slack.count("oauth.v2.access") == 0

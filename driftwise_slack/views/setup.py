@@ -53,11 +53,15 @@ def _oauth_error(exc: e.SlackIntegrationError) -> Response:
 def _oauth_http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     code, message = render.describe(status)
+    if request.endpoint == CALLBACK or status == 429:
+        response = render.page_error(code, message, status, settings_url=_settings_url())
+    else:
+        response = render.json_error(code, message, status)
     if isinstance(exc, RateLimitExceeded):
         log.warning("callback rate limit hit")
-    if request.endpoint == CALLBACK or status == 429:
-        return render.page_error(code, message, status, settings_url=_settings_url())
-    return render.json_error(code, message, status)
+        # The fixed window resets within one window length: a safe, Redis-free Retry-After.
+        response.headers["Retry-After"] = str(max(1, int(exc.limit.limit.get_expiry())))
+    return response
 
 
 def _limiter_down(exc: Exception) -> Response:
