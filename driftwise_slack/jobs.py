@@ -105,14 +105,18 @@ def _deliver(state: _State, delivery_id: int) -> str:
     session = state.session()
     deliveries = DeliveryRepository(session)
     now = state.deps().clock()
-    if not deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE):
+    row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE)
+    if row is None:
         session.rollback()
         log.info("delivery %s already handled or held by another worker", delivery_id)
         return "not_claimed"
-    session.commit()
-    row = deliveries.get(delivery_id=delivery_id)
-    assert row is not None
-    outcome = _attempt(state, row)
+    deliveries.commit_fast()
+    # A channel Slack has told us to leave alone: reschedule before any other work, so a
+    # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
+    held = ChannelPacer(state).held(scope=f"org:{row.org_id}", channel=row.channel or "")
+    outcome = (_Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                        delay=held + random.uniform(0.1, 1.0), refund=True)
+               if held > 0 else _attempt(state, row))
     return _record(state, row, outcome)
 
 
@@ -178,8 +182,9 @@ def _classify(state: _State, row: Delivery, installation: Installation,
               exc: SlackApiError) -> _Outcome:
     if isinstance(exc, RateLimited):
         retry_after = float(exc.retry_after or 30)
-        ChannelPacer(state).hold(team_id=installation.team_id, channel=t.cast(str, row.channel),
-                                 seconds=retry_after)
+        pacer = ChannelPacer(state)
+        for scope in (installation.team_id, f"org:{row.org_id}"):
+            pacer.hold(team_id=scope, channel=t.cast(str, row.channel), seconds=retry_after)
         log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
         return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
                         slack_error=exc.error, delay=retry_after + random.uniform(0.1, 1.0),
@@ -240,7 +245,10 @@ def _record(state: _State, row: Delivery, outcome: _Outcome) -> str:
         row.job_id = new_job_id(row.id)
     else:
         row.lease_until = None
-    session.commit()
+    if outcome.status is DeliveryStatus.QUEUED:
+        DeliveryRepository(session).commit_fast()   # lost in a crash? the sweeper requeues it
+    else:
+        session.commit()                            # outcomes are durable
     if outcome.status is DeliveryStatus.QUEUED:
         try:
             enqueue_delivery(get_queue(state.redis), row.id, job_id=t.cast(str, row.job_id),

@@ -59,6 +59,14 @@ class ChannelPacer:
             log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)
             return 0.0
 
+    def held(self, *, scope: str, channel: str) -> float:
+        """Seconds left on a hold of (``scope``, ``channel``); 0 when there is none."""
+        try:
+            held_ms = self.state.redis.pttl(self._hold_key(scope, channel))
+        except RedisError:
+            return 0.0
+        return held_ms / 1000 if held_ms and held_ms > 0 else 0.0
+
     def hold(self, *, team_id: str, channel: str, seconds: float) -> None:
         """Slack said 429 for this channel: nobody posts there for ``seconds``."""
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import delete, exists, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -149,9 +149,11 @@ class DeliveryRepository:
     def get(self, *, delivery_id: int) -> Delivery | None:
         return self.session.get(Delivery, delivery_id)
 
-    def claim(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime) -> bool:
-        """Take the row for sending. Exactly one worker wins; a lapsed lease can be re-taken."""
-        result = self.session.execute(
+    def claim(self, *, delivery_id: int, now: dt.datetime,
+              lease_until: dt.datetime) -> Delivery | None:
+        """Take the row for sending and return it; ``None`` when another worker has it or it is
+        done. Exactly one worker wins; a lapsed lease can be re-taken."""
+        return self.session.scalars(
             update(Delivery)
             .where(Delivery.id == delivery_id,
                    or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
@@ -160,8 +162,15 @@ class DeliveryRepository:
                        & (Delivery.lease_until < now)))
             .values(status=DeliveryStatus.SENDING.value, lease_until=lease_until,
                     attempts=Delivery.attempts + 1, updated_at=now)
-            .execution_options(synchronize_session=False))
-        return int(getattr(result, "rowcount", 0) or 0) == 1
+            .returning(Delivery)
+            .execution_options(synchronize_session=False, populate_existing=True)).first()
+
+    def commit_fast(self) -> None:
+        """Commit without waiting for the WAL flush (PostgreSQL). Only for writes whose loss in a
+        database crash is harmless: a lost claim or reschedule just lets the sweeper retry."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        self.session.commit()
 
     def due(self, *, now: dt.datetime, limit: int = 500) -> list[Delivery]:
         """Rows nobody is looking after: never queued, or whose lease has lapsed."""
