@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from .host import ScanEvent
 from .models import Delivery, DeliveryStatus, utcnow
-from .queue import enqueue_delivery, get_queue, new_job_id
+from .queue import enqueue_delivery, get_queue, lane_of, new_job_id
 from .repository import DeliveryRepository
 
 if t.TYPE_CHECKING:
@@ -69,7 +69,7 @@ def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None)
         # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
         # leave the row to that process's sweeper rather than to our private fakeredis.
         row.status, row.lease_until, queued = DeliveryStatus.PENDING.value, None, False
-    job_id = row.job_id = new_job_id(None) if queued else None
+    job_id = row.job_id = new_job_id(None, lane_of(row.org_id, row.channel)) if queued else None
     # One statement: the insert, the dedupe and the new id (no select-then-insert race).
     delivery_id = DeliveryRepository(db).insert_unique(row)
     if delivery_id is None:

@@ -25,7 +25,7 @@ from .errors import (
 from .host import EventType
 from .models import Delivery, DeliveryStatus, Installation
 from .pacing import ChannelPacer
-from .queue import enqueue_delivery, get_queue, new_job_id
+from .queue import enqueue_delivery, get_queue, lane_of, new_job_id, park_lane
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import usable_token
 
@@ -114,10 +114,25 @@ def _deliver(state: _State, delivery_id: int) -> str:
     # A channel Slack has told us to leave alone: reschedule before any other work, so a
     # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
     held = ChannelPacer(state).held(scope=f"org:{row.org_id}", channel=row.channel or "")
-    outcome = (_Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
-                        delay=held + random.uniform(0.1, 1.0), refund=True)
-               if held > 0 else _attempt(state, row))
+    if held > 0:
+        _park(state, row, held)
+        outcome = _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                           delay=held + random.uniform(0.1, 1.0), refund=True)
+    else:
+        outcome = _attempt(state, row)
     return _record(state, row, outcome)
+
+
+def _park(state: _State, row: Delivery, seconds: float) -> None:
+    """Move the rest of this lane's backlog to the scheduler in one go (see queue.park_lane)."""
+    until = state.deps().clock() + dt.timedelta(seconds=seconds + random.uniform(0.1, 1.0))
+    try:
+        moved = park_lane(get_queue(state.redis), lane_of(row.org_id, row.channel), until)
+    except RedisError as exc:
+        log.warning("could not park a rate-limited lane (%s)", type(exc).__name__)
+        return
+    if moved:
+        log.info("parked %s queued delivery(ies) of a rate-limited channel", moved)
 
 
 def _attempt(state: _State, row: Delivery) -> _Outcome:
@@ -185,6 +200,7 @@ def _classify(state: _State, row: Delivery, installation: Installation,
         pacer = ChannelPacer(state)
         for scope in (installation.team_id, f"org:{row.org_id}"):
             pacer.hold(team_id=scope, channel=t.cast(str, row.channel), seconds=retry_after)
+        _park(state, row, retry_after)
         log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
         return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
                         slack_error=exc.error, delay=retry_after + random.uniform(0.1, 1.0),
@@ -242,7 +258,7 @@ def _record(state: _State, row: Delivery, outcome: _Outcome) -> str:
         delay = outcome.delay or 0.0
         row.not_before = now + dt.timedelta(seconds=delay)
         row.lease_until = row.not_before + SCHEDULE_GRACE
-        row.job_id = new_job_id(row.id)
+        row.job_id = new_job_id(row.id, lane_of(row.org_id, row.channel))
     else:
         row.lease_until = None
     if outcome.status is DeliveryStatus.QUEUED:

@@ -6,6 +6,7 @@ server that the embedded worker thread drains; every other deployment uses real 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import time
 import typing as t
@@ -50,10 +51,37 @@ def get_queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT)
 
 
-def new_job_id(delivery_id: int | None) -> str:
-    """Each (re)enqueue gets its own id, remembered on the delivery row. The first enqueue is
-    decided before the row has an id (one INSERT does it all), so it says ``new``."""
-    return f"dwslack-{'new' if delivery_id is None else delivery_id}-{uuid.uuid4().hex[:10]}"
+def lane_of(org_id: str, channel: str | None) -> str:
+    """A short, non-secret name for an (org, channel) pair, carried in job ids."""
+    return hashlib.sha256(f"{org_id}|{channel or ''}".encode()).hexdigest()[:10]
+
+
+def new_job_id(delivery_id: int | None, lane: str) -> str:
+    """Each (re)enqueue gets its own id, remembered on the delivery row, and names its lane so a
+    rate-limited lane's jobs can be found in the queue. The first enqueue is decided before the
+    row has an id (one INSERT does it all), so it says ``new``."""
+    number = "new" if delivery_id is None else delivery_id
+    return f"dwslack-{lane}-{number}-{uuid.uuid4().hex[:8]}"
+
+
+def park_lane(queue: Queue, lane: str, until: dt.datetime) -> int:
+    """Move every waiting job of ``lane`` from the queue to the scheduler, due at ``until``.
+
+    Called when Slack rate-limits a channel: the lane's backlog leaves the queue in one go
+    instead of each job being taken, found held and rescheduled, so other orgs' messages behind
+    it are delivered at once. Returns how many jobs were moved.
+    """
+    prefix = f"dwslack-{lane}-"
+    ids = [job_id for job_id in queue.get_job_ids() if job_id.startswith(prefix)]
+    if not ids:
+        return 0
+    jobs = [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]
+    with queue.connection.pipeline() as pipe:
+        for job in jobs:
+            queue.remove(job.id, pipeline=pipe)
+            queue.schedule_job(job, until, pipeline=pipe)
+        pipe.execute()
+    return len(jobs)
 
 
 def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,

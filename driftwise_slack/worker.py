@@ -19,7 +19,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from .models import DeliveryStatus, utcnow
-from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, new_job_id
+from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, lane_of, new_job_id
 from .repository import DeliveryRepository, EventRepository, StateRepository
 
 if t.TYPE_CHECKING:
@@ -53,7 +53,7 @@ def sweep(state: _State) -> dict[str, int]:
                 row.lease_until = now + LEASE_EXTENSION
                 extended += 1
                 continue
-            row.job_id = new_job_id(row.id)
+            row.job_id = new_job_id(row.id, lane_of(row.org_id, row.channel))
             row.status = DeliveryStatus.QUEUED.value
             row.lease_until = now + LEASE_EXTENSION
             session.commit()

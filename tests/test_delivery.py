@@ -188,6 +188,39 @@ def test_rate_limit_reschedules_after_retry_after_without_blocking_other_orgs(
     assert slack.count("chat.postMessage") == 3
 
 
+def test_a_rate_limited_channels_backlog_leaves_the_queue_at_once(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    """The first 429 parks the rest of that channel's queued jobs in the scheduler, so the other
+    org's message queued behind them goes out in the same pass, with no churn in between."""
+    connect(actions, "acme")
+    connect(actions, "globex", team=GLOBEX)
+    acme_schedule = schedule(actions, "acme", "Acme nightly", "C0ALERTS")
+    globex_schedule = schedule(actions, "globex", "Globex nightly", "C0GLBX01")
+    slack.fault(method="chat.postMessage", mode="ratelimited", retry_after=30, times=1,
+                channel="C0ALERTS")
+    for _ in range(25):
+        fail_scan(actions, acme_schedule)
+    fail_scan(actions, globex_schedule)
+    from driftwise_slack.extension import get_state
+    from driftwise_slack.queue import get_queue
+
+    with app.app_context():
+        queue = get_queue(get_state(app).redis)
+        acme_jobs = queue.count - 1   # 25 failures and the auto-disable notice
+        assert acme_jobs == 26
+        job = queue.dequeue_any([queue], None, connection=queue.connection)
+        assert job is not None
+        job[0].perform()              # the first acme job meets the 429
+        assert queue.count == 1       # only Globex's job is left in the queue
+    assert len(scheduled(app)) == acme_jobs
+    work(app)
+    assert [m["channel"] for m in slack.messages()] == ["C0GLBX01"]
+    assert slack.count("chat.postMessage") == 2          # the 429, then Globex: no churn
+    acme_rows = [r for r in deliveries(db) if r["channel"] == "C0ALERTS"]
+    assert len(acme_rows) == acme_jobs
+    assert {(r["status"], r["attempts"]) for r in acme_rows} == {("queued", 0)}
+
+
 def test_server_errors_are_retried_with_backoff_then_failed(
         actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
