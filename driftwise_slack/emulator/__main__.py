@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import typing as t
 
 from . import create_app
-from .server import make_emulator_server
+from .server import serve_until_stopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,16 +49,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         "PER_SECOND": args.per_second,
         "ROTATION": args.rotation,
     })
-    server = make_emulator_server(app, args.host, args.port)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"emulator listening on http://{args.host}:{server.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_stopped(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,24 @@ def serve_in_thread(app: Flask | None = None, host: str = "127.0.0.1",
         thread.join(timeout=5)
 
     return f"http://{host}:{server.port}", stop
+
+
+def serve_until_stopped(app: Flask, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Serve ``app`` in the foreground until SIGTERM or Ctrl-C, announcing the address first.
+
+    The one line ``emulator listening on http://HOST:PORT`` is printed (flushed) once the
+    socket listens, so a parent process can wait for it. Returns the exit status, 0.
+    """
+    import signal
+    import sys
+
+    server = make_emulator_server(app, host, port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"emulator listening on http://{host}:{server.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,158 @@
+"""8. Memory: peak RSS of a worker process over 10,000 deliveries, and of a web worker."""
+from __future__ import annotations
+
+import time
+
+from . import common
+from .env import QUEUE, UNPACED, Bench
+from .stats import Outcome, fmt
+
+NUMBER = 8
+TITLE = "Memory"
+MIB = 1024 * 1024
+#: Growth we still call "none": allocator noise of a Python process.
+TOLERANCE_MIB = 1.0
+#: The queue lease of a dispatched row (``dispatch.QUEUE_LEASE``), in seconds.
+LEASE = 60
+
+METHOD = f"""\
+**Worker:** one `flask --app wsgi slack worker` process delivers N notifications (queued with
+`dispatch()` while RQ is suspended, spread over 20 orgs × 4 channels, `SLACK_CHANNEL_RATE="{UNPACED}"`).
+Its RSS (psutil) is sampled every 0.2 s together with the number of finished jobs. Reported: peak
+RSS, RSS once the first 1,000 were delivered and once the last 1,000 were, and the growth between
+those two. The run is long enough for the rows at the back of the backlog to outlive their
+60-second queue lease, so the worker's sweeper thread also extends leases meanwhile, as it would
+in production. A second check runs the delivery path alone (an in-process `SimpleWorker` in the
+benchmark process, no sweeper) and compares RSS after a quarter and after all of its deliveries.
+
+**Web worker:** RSS of each of the 2 sync gunicorn workers in benchmark 5 (API latency), sampled
+after its warm-up and after each wrk run, with the number of requests served so far. Reported:
+peak RSS, RSS after about the first 1,000 requests and after the last run, and the growth.
+Growth of at most {TOLERANCE_MIB:.0f} MiB counts as none (allocator noise). One round: a single
+long run is what shows growth."""
+
+
+def run(bench: Bench, opts: common.Options) -> Outcome:
+    import psutil
+
+    out = Outcome(NUMBER, "memory", TITLE, METHOD)
+    n = opts.n(10_000, 1_500)
+    bench.clean()
+    common.suspend(bench)
+    workers = bench.start_workers(1, args=common.OUR_WORKER,
+                                  env={"SLACK_CHANNEL_RATE": UNPACED})
+    samples: list[tuple[int, int, float]] = []
+    try:
+        bench.queue_bulk(bench.spread(n))
+        proc = psutil.Process(workers[0].pid)
+        start = common.resume(bench)
+        samples.append((0, proc.memory_info().rss, start))
+        deadline = time.time() + 60 + n / 3
+        while True:
+            done = common.registry_done(bench, QUEUE)
+            samples.append((done, proc.memory_info().rss, time.time()))
+            if done >= n:
+                break
+            if time.time() > deadline or not workers[0].running:
+                raise RuntimeError(f"only {done} of {n} delivered:\n{workers[0].log_tail()}")
+            time.sleep(0.2)
+        elapsed = time.time() - start
+    finally:
+        bench.stop(workers)
+    statuses = bench.statuses()
+    if statuses.get("sent") != n:
+        raise RuntimeError(f"expected {n} sent, got {statuses}")
+    bench.clean()
+    first = next(rss for done, rss, _ in samples if done >= 1000)
+    last = samples[-1][1]
+    peak = max(rss for _, rss, _ in samples)
+    lapse = next(((done, rss) for done, rss, at in samples if at >= start + LEASE), None)
+    growth = (last - first) / MIB
+    common.log(f"worker: {n} deliveries in {elapsed:.0f}s; RSS at 1,000 {first / MIB:.1f} MiB, "
+               f"at {n:,} {last / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB")
+    out.metric("worker process: peak RSS", [peak / MIB], "MiB")
+    out.metric("worker process: RSS after the first 1,000 deliveries", [first / MIB], "MiB")
+    out.metric(f"worker process: RSS after {n:,} deliveries", [last / MIB], "MiB")
+    out.metric(f"worker process: growth from delivery 1,000 to {n:,}", [growth], "MiB")
+    if lapse is not None:
+        out.metric(f"worker process: RSS when the first queue leases lapsed ({LEASE} s in, "
+                   f"{lapse[0]:,} delivered)", [lapse[1] / MIB], "MiB")
+    out.target(f"worker: no growth between the first and the last thousand of {n:,}",
+               f"{growth:+.2f} MiB", growth <= TOLERANCE_MIB)
+    check = opts.n(2000, 500)
+    before, after = _in_process(bench, check)
+    out.metric(f"delivery path alone (in-process SimpleWorker, no sweeper): growth from "
+               f"delivery {check // 4:,} to {check:,}", [(after - before) / MIB], "MiB")
+    if growth > TOLERANCE_MIB:
+        out.notes.append(
+            "What explains the worker's growth: the delivery path alone does not grow (the "
+            "in-process row above). The worker process also runs the sweeper thread; once the "
+            f"backlog outlived its {LEASE}-second queue leases, the sweeper loads up to 500 "
+            "delivery rows every 5 s to extend their leases, and the RSS row at that moment shows "
+            "the growth starting there: a high-water mark of those batches (the allocator keeps "
+            "freed memory), not memory kept per delivery.")
+    out.notes.append(f"Worker: {n:,} deliveries took {elapsed:.0f} s "
+                     f"({fmt(n / elapsed, 'deliveries/s')}); RSS before the first job "
+                     f"{samples[0][1] / MIB:.1f} MiB.")
+    bench.clean()
+    bench.extras["memory_outcome"] = out
+    return out
+
+
+def _in_process(bench: Bench, n: int) -> tuple[int, int]:
+    """RSS of this process after ``n // 4`` and after ``n`` deliveries on an in-process
+    SimpleWorker (burst): the delivery path without the worker's sweeper thread."""
+    import psutil
+    from rq import Queue, SimpleWorker
+
+    from driftwise_slack.extension import get_state
+
+    bench.clean()
+    bench.queue_bulk(bench.spread(n))
+    me = psutil.Process()
+    with bench.app.app_context():
+        state = get_state(bench.app)
+        queue = Queue(QUEUE, connection=state.redis)
+        SimpleWorker([queue], connection=state.redis).work(
+            burst=True, logging_level="WARNING", max_jobs=n // 4)
+        before = me.memory_info().rss
+        SimpleWorker([queue], connection=state.redis).work(burst=True, logging_level="WARNING")
+        after = me.memory_info().rss
+    if bench.statuses().get("sent") != n:
+        raise RuntimeError(f"in-process check: expected {n} sent, got {bench.statuses()}")
+    bench.clean()
+    return before, after
+
+
+def sample_web(bench: Bench, master_pid: int, served: int) -> None:
+    """Record the RSS of every worker of the gunicorn ``master_pid`` after ``served`` requests."""
+    import psutil
+
+    try:
+        children = psutil.Process(master_pid).children()
+    except psutil.Error:
+        return
+    rss = {child.pid: child.memory_info().rss for child in children}
+    bench.extras.setdefault("web_rss", []).append((served, rss))
+
+
+def add_web(out: Outcome, samples: list[tuple[int, dict[int, int]]]) -> None:
+    """Append the web worker part (from benchmark 5's samples) to the memory outcome."""
+    if len(samples) < 2:
+        out.notes.append("Web worker: not measured (benchmark 5 did not run).")
+        return
+    pids = set(samples[0][1])
+    first_served, first = next(((s, r) for s, r in samples if s >= 1000), samples[0])
+    last_served, last = samples[-1]
+    peak = max(v for _, r in samples for v in r.values())
+    growths = [(last[pid] - first[pid]) / MIB for pid in pids if pid in last and pid in first]
+    growth = max(growths) if growths else float("nan")
+    out.metric("web worker (gunicorn sync): peak RSS", [peak / MIB], "MiB")
+    out.metric(f"web worker: RSS after ~{first_served:,} requests (largest worker)",
+               [max(first.values()) / MIB], "MiB")
+    out.metric(f"web worker: RSS after {last_served:,} requests (largest worker)",
+               [max(last.values()) / MIB], "MiB")
+    out.metric("web worker: growth between those (worst worker)", [growth], "MiB")
+    out.target(f"web worker: no growth over {last_served:,} requests", f"{growth:+.2f} MiB",
+               growth <= TOLERANCE_MIB)
+
