@@ -77,7 +77,8 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
         f"The baseline's workers each sleep {RETRY_AFTER} s per flooded job, so the 20 would wait "
         f"for the whole backlog: about {flood} × {RETRY_AFTER} s / 2 workers ≈ "
         f"{projected:.1f} h. Ours never sleeps: the first 429 puts a hold on that channel only, "
-        "and every later job for it is put back on the schedule without calling Slack.")
+        "and that channel's waiting jobs are set aside until Retry-After without calling "
+        "Slack again (the 429 count row).")
     if p99 > 2.0:
         out.notes.append(
             "What bounds ours: the 20 are queued behind the backlog in RQ's one FIFO queue, and each "

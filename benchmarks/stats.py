@@ -32,6 +32,8 @@ def fmt(value: float, unit: str = "") -> str:
     size = abs(value)
     if not unit and float(value).is_integer():
         return f"{value:,.0f}"
+    if unit == "MiB":
+        return f"{value:.2f} MiB" if size < 10 else f"{value:.1f} MiB"
     if size >= 1000:
         text = f"{value:,.0f}"
     elif size >= 100:
