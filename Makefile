@@ -60,7 +60,7 @@ demo: venv
 	@echo "==> Starting the demo (reference host + local Slack emulator); Ctrl-C stops it"
 	@$(PY) -m driftwise_slack.reference_host.demo
 
-bench: venv
+bench: venv service-deps
 	@echo "==> Running the benchmarks"
 	@$(PY) -m benchmarks
 

@@ -94,7 +94,13 @@ class SlackClient:
                  session: requests.Session | None = None) -> None:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self.timeout = timeout
-        self.http = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # Read proxy settings once, not on every call (trust_env re-reads them, and ~/.netrc,
+            # per request).
+            session.proxies.update(requests.utils.get_environ_proxies(self.api_url))
+            session.trust_env = False
+        self.http = session
         self.http.headers["User-Agent"] = "driftwise_slack/0.1"
 
     def close(self) -> None:
