@@ -23,7 +23,7 @@ from .errors import (
     VaultError,
 )
 from .host import EventType
-from .models import Delivery, DeliveryStatus, Installation
+from .models import Delivery, DeliveryStatus, Installation, utcnow
 from .pacing import ChannelPacer
 from .queue import enqueue_delivery, get_queue, lane_of, new_job_id, park_lane
 from .repository import DeliveryRepository, InstallationRepository
@@ -104,7 +104,7 @@ def deliver(delivery_id: int) -> str:
 def _deliver(state: _State, delivery_id: int) -> str:
     session = state.session()
     deliveries = DeliveryRepository(session)
-    now = state.deps().clock()
+    now = utcnow()
     row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE)
     if row is None:
         session.rollback()
@@ -125,7 +125,7 @@ def _deliver(state: _State, delivery_id: int) -> str:
 
 def _park(state: _State, row: Delivery, seconds: float) -> None:
     """Move the rest of this lane's backlog to the scheduler in one go (see queue.park_lane)."""
-    until = state.deps().clock() + dt.timedelta(seconds=seconds + random.uniform(0.1, 1.0))
+    until = utcnow() + dt.timedelta(seconds=seconds + random.uniform(0.1, 1.0))
     try:
         moved = park_lane(get_queue(state.redis), lane_of(row.org_id, row.channel), until)
     except RedisError as exc:
@@ -199,7 +199,7 @@ def _classify(state: _State, row: Delivery, installation: Installation,
         retry_after = float(exc.retry_after or 30)
         pacer = ChannelPacer(state)
         for scope in (installation.team_id, f"org:{row.org_id}"):
-            pacer.hold(team_id=scope, channel=t.cast(str, row.channel), seconds=retry_after)
+            pacer.hold(scope=scope, channel=t.cast(str, row.channel), seconds=retry_after)
         _park(state, row, retry_after)
         log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
         return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
@@ -239,13 +239,13 @@ def _dead(state: _State, installation: Installation, exc: SlackApiError) -> _Out
 def _invalidate(state: _State, team_id: str, reason: str) -> None:
     """Every org holding this workspace shares the dead token: mark them all invalid."""
     count = InstallationRepository(state.session()).invalidate_team(
-        team_id=team_id, reason=reason[:64], now=state.deps().clock())
+        team_id=team_id, reason=reason[:64], now=utcnow())
     log.warning("workspace %s: %s installation(s) marked invalid (%s)", team_id, count, reason)
 
 
 def _record(state: _State, row: Delivery, outcome: _Outcome) -> str:
     session = state.session()
-    now = state.deps().clock()
+    now = utcnow()
     row.status = outcome.status.value
     row.reason = outcome.reason
     row.slack_error = outcome.slack_error

@@ -41,8 +41,8 @@ class ChannelPacer:
         self.state = state
         self.item = parse(state.settings.channel_rate)
 
-    def _hold_key(self, team_id: str, channel: str) -> str:
-        return f"{_HOLD_PREFIX}{team_id}:{channel}"
+    def _hold_key(self, scope: str, channel: str) -> str:
+        return f"{_HOLD_PREFIX}{scope}:{channel}"
 
     def wait_for(self, *, team_id: str, channel: str) -> float:
         """0 when a slot was taken for a post now; otherwise seconds to wait before asking again."""
@@ -67,10 +67,11 @@ class ChannelPacer:
             return 0.0
         return held_ms / 1000 if held_ms and held_ms > 0 else 0.0
 
-    def hold(self, *, team_id: str, channel: str, seconds: float) -> None:
-        """Slack said 429 for this channel: nobody posts there for ``seconds``."""
+    def hold(self, *, scope: str, channel: str, seconds: float) -> None:
+        """Slack said 429 for this channel: nobody posts there for ``seconds``. ``scope`` is the
+        workspace (team id), or ``org:<id>`` for the early check a job makes before any lookup."""
         try:
-            self.state.redis.set(self._hold_key(team_id, channel), "1",
+            self.state.redis.set(self._hold_key(scope, channel), "1",
                                  px=max(1, int(seconds * 1000)))
         except RedisError as exc:
             log.warning("could not record a rate-limit hold (%s)", type(exc).__name__)

@@ -10,8 +10,8 @@ import datetime as dt
 import logging
 import typing as t
 
-from .errors import DeadToken, VaultError
-from .models import Installation
+from .errors import DeadToken
+from .models import Installation, utcnow
 from .repository import InstallationRepository
 
 if t.TYPE_CHECKING:
@@ -36,7 +36,7 @@ def usable_token(state: _State, row: Installation) -> str:
     cannot be reached for a needed refresh.
     """
     vault = state.vault
-    now = state.deps().clock()
+    now = utcnow()
     if not _due(row, now):
         return vault.open(row.token_sealed, org_id=row.org_id, team_id=row.team_id)
     session = state.session()
@@ -58,10 +58,7 @@ def usable_token(state: _State, row: Installation) -> str:
         access = state.slack.oauth_v2_access(client_id=settings.client_id or "",
                                              client_secret=settings.client_secret or "",
                                              refresh_token=refresh)
-    except DeadToken:
-        session.rollback()
-        raise
-    except Exception:
+    except Exception:  # DeadToken, transient errors: release the lock, let the caller decide
         session.rollback()
         raise
     locked.token_sealed = vault.seal(access.access_token, org_id=locked.org_id,
@@ -75,5 +72,3 @@ def usable_token(state: _State, row: Installation) -> str:
     log.info("installation %s: bot token refreshed", locked.id)
     return access.access_token
 
-
-__all__ = ["usable_token", "VaultError", "DeadToken"]
