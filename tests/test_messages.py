@@ -2,34 +2,26 @@
 from __future__ import annotations
 
 import re
-import typing as t
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from message_checks import (
+    DATE_TOKEN,
+    INJECTIONS,
+    assert_within_limits,
+    buttons,
+    huge,
+    texts,
+    untrusted,
+)
 
 from driftwise_slack import messages
 from driftwise_slack.messages import SlackMessage, escape, scan_failed, schedule_disabled
 
 WHEN = datetime(2026, 11, 27, 10, 41, tzinfo=timezone.utc)
 LINK = "https://app.driftwise.example/schedules/42"
-DATE_TOKEN = re.compile(r"<!date\^\d+\^[^|<>]*\|[^<>]*>")
-INJECTIONS = [
-    "<!channel>",
-    "<!here>",
-    "<!everyone>",
-    "<@U123>",
-    "<#C1>",
-    "<!subteam^S1>",
-    "<https://evil.example|click>",
-    "<http://evil.example>",
-    "@channel",
-    "@here please",
-    "ping @EVERYONE",
-]
-
-
 def build_all(name: str, error: str, link: str | None = LINK) -> list[SlackMessage]:
     """One message from each builder, all fed the same untrusted text."""
     return [
@@ -41,56 +33,6 @@ def build_all(name: str, error: str, link: str | None = LINK) -> list[SlackMessa
                           consecutive_failures=3, link=link or ""),
         messages.test_message(org_name=name, link=link),
     ]
-
-
-def texts(message: SlackMessage) -> list[tuple[str, str]]:
-    """Every (kind, text) pair a reader sees: header, section, field, context, button, fallback."""
-    found = [("fallback", message.text)]
-    for block in message.blocks:
-        if block["type"] == "header":
-            found.append(("header", block["text"]["text"]))
-        elif block["type"] == "section":
-            if "text" in block:
-                found.append(("section", block["text"]["text"]))
-            found.extend(("field", field["text"]) for field in block.get("fields", []))
-        elif block["type"] == "context":
-            found.extend(("context", element["text"]) for element in block["elements"])
-        elif block["type"] == "actions":
-            found.extend(("button", element["text"]["text"]) for element in block["elements"])
-        else:
-            raise AssertionError(f"unexpected block type {block['type']!r}")
-    return found
-
-
-def buttons(message: SlackMessage) -> list[dict[str, t.Any]]:
-    return [element for block in message.blocks if block["type"] == "actions"
-            for element in block["elements"]]
-
-
-def width(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-LIMITS = {"header": 150, "section": 3000, "field": 2000, "context": 3000, "button": 75,
-          "fallback": 4000}
-
-
-def assert_within_limits(message: SlackMessage) -> None:
-    assert 1 <= len(message.blocks) <= 50
-    assert message.text
-    total = 0
-    for kind, text in texts(message):
-        assert 1 <= width(text) <= LIMITS[kind], (kind, width(text))
-        # Only the builder's own date token may hold markup; user text is always escaped.
-        inert = DATE_TOKEN.sub("", text)
-        assert "<" not in inert and ">" not in inert, (kind, text[:200])
-        if kind != "fallback":
-            total += width(text)
-    assert total <= 12_000
-    for block in message.blocks:
-        assert len(block.get("fields", [])) <= 10
-    for button in buttons(message):
-        assert button["url"].startswith(("http://", "https://")) and len(button["url"]) <= 3000
 
 
 # -- escape -------------------------------------------------------------------------------------
@@ -282,15 +224,6 @@ def test_short_error_is_not_marked() -> None:
 
 
 # -- properties ---------------------------------------------------------------------------------
-
-nasty = st.lists(st.sampled_from(["<", ">", "&", "@", "!", "#", "|", "^", "`", "*", "\n", "\t",
-                                  "\r", "\x00", "channel", "here", "everyone", "http://x",
-                                  "amp;", "\u202e", "\U0001f525", " "])).map("".join)
-# Huge inputs by repetition: hypothesis cannot draw 50k-character strings directly.
-huge = st.builds(lambda piece, times: (piece * times)[:50_000],
-                 st.text(min_size=1, max_size=20) | nasty.filter(bool), st.integers(1, 50_000))
-untrusted = st.text() | nasty | huge
-
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=untrusted, error=untrusted)
