@@ -95,7 +95,7 @@ def streak_parent(*, schedule_name: str, link: str | None, state: StreakState | 
         _fields(f"*Schedule*\n{name}", f"*State*\n{status}", *times),
         _section(f"*Last error*\n```{_error_excerpt(last_error)}```"),
         *_button(link, _BUTTON_LABEL),
-        _note(f"{_FOOTER} \u00b7 kept up to date; each failure is in this thread"),
+        _note(f"{_FOOTER} \u00b7 kept up to date; later failures reply in its thread"),
     ]
     plain = _state_text(state, int(failures), disable_after, recovered_at, _utc_text)
     title = {StreakState.FAILING: "Scheduled scan failing", StreakState.DISABLED:
