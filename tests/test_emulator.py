@@ -192,7 +192,10 @@ def test_post_message_stores_and_resolves_names(client: FlaskClient) -> None:
     stored = client.get("/_emulator/messages?channel=C0ALERTS").json["messages"]
     assert [m["text"] for m in stored] == ["one", "three"]
     assert stored[0]["blocks"] == blocks and stored[0]["ts"] == first["ts"]
-    assert set(stored[0]) == {"channel", "ts", "text", "blocks", "received_at"}
+    assert set(stored[0]) == {"channel", "ts", "text", "blocks", "received_at", "user", "bot_id",
+                              "thread_ts", "reply_broadcast", "reply_count", "latest_reply",
+                              "edited", "edit_count", "edits"}
+    assert stored[0]["thread_ts"] is None and stored[0]["edited"] is None
 
 
 def test_membership_toggle(client: FlaskClient) -> None:
