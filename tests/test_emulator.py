@@ -461,13 +461,19 @@ class Live:
             "GET", "/messages", params={"channel": channel}).json()["messages"])
 
 
-@pytest.fixture()
-def live() -> t.Iterator[Live]:
+@pytest.fixture(scope="module")
+def live_url() -> t.Iterator[str]:
     base, stop = serve_in_thread(create_app({"TESTING": True}))
-    emulator = Live(base)
+    yield base
+    stop()
+
+
+@pytest.fixture()
+def live(live_url: str) -> t.Iterator[Live]:
+    requests.post(f"{live_url}/_emulator/reset", timeout=5).raise_for_status()
+    emulator = Live(live_url)
     yield emulator
     emulator.http.close()
-    stop()
 
 
 def test_replies_thread_under_their_parent(live: Live) -> None:
