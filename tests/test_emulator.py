@@ -192,7 +192,10 @@ def test_post_message_stores_and_resolves_names(client: FlaskClient) -> None:
     stored = client.get("/_emulator/messages?channel=C0ALERTS").json["messages"]
     assert [m["text"] for m in stored] == ["one", "three"]
     assert stored[0]["blocks"] == blocks and stored[0]["ts"] == first["ts"]
-    assert set(stored[0]) == {"channel", "ts", "text", "blocks", "received_at"}
+    assert set(stored[0]) == {"channel", "ts", "text", "blocks", "received_at", "user", "bot_id",
+                              "thread_ts", "reply_broadcast", "reply_count", "latest_reply",
+                              "edited", "edit_count", "edits"}
+    assert stored[0]["thread_ts"] is None and stored[0]["edited"] is None
 
 
 def test_membership_toggle(client: FlaskClient) -> None:
@@ -414,3 +417,353 @@ def test_serve_in_thread_over_http() -> None:
     finally:
         stop()
     stop()  # idempotent
+
+
+# ---- threads, chat.update and the message control API, over real HTTP ---------------------
+
+class Live:
+    """A fresh emulator on a loopback port, with a bot token for Acme Ops."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+        answer = self.http.post(f"{base}/oauth/v2/authorize", allow_redirects=False, timeout=5,
+                                data={"client_id": CLIENT[0], "scope": SCOPE,
+                                      "redirect_uri": REDIRECT, "state": "s",
+                                      "team": "T0ACME01", "channel": "C0ALERTS",
+                                      "action": "allow"})
+        code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+        self.token = self.http.post(f"{base}/api/oauth.v2.access", auth=CLIENT, timeout=5,
+                                    data={"code": code, "redirect_uri": REDIRECT}
+                                    ).json()["access_token"]
+
+    def api(self, method: str, token: str | None = "BOT", *, timeout: float = 5,
+            **params: t.Any) -> requests.Response:
+        token = self.token if token == "BOT" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.http.post(f"{self.base}/api/{method}", data=params, headers=headers,
+                              timeout=timeout)
+
+    def post(self, **params: t.Any) -> dict[str, t.Any]:
+        body = self.api("chat.postMessage", **params).json()
+        assert body["ok"], body
+        return t.cast(dict[str, t.Any], body)
+
+    def control(self, verb: str, path: str, **kwargs: t.Any) -> requests.Response:
+        return self.http.request(verb, f"{self.base}/_emulator{path}", timeout=5, **kwargs)
+
+    def threads(self, channel: str = "C0ALERTS") -> list[dict[str, t.Any]]:
+        return t.cast(list[dict[str, t.Any]],
+                      self.control("GET", f"/channels/{channel}/messages").json()["messages"])
+
+    def flat(self, channel: str = "C0ALERTS") -> list[dict[str, t.Any]]:
+        return t.cast(list[dict[str, t.Any]], self.control(
+            "GET", "/messages", params={"channel": channel}).json()["messages"])
+
+
+@pytest.fixture(scope="module")
+def live_url() -> t.Iterator[str]:
+    base, stop = serve_in_thread(create_app({"TESTING": True}))
+    yield base
+    stop()
+
+
+@pytest.fixture()
+def live(live_url: str) -> t.Iterator[Live]:
+    requests.post(f"{live_url}/_emulator/reset", timeout=5).raise_for_status()
+    emulator = Live(live_url)
+    yield emulator
+    emulator.http.close()
+
+
+def test_replies_thread_under_their_parent(live: Live) -> None:
+    parent = live.post(channel="#alerts", text="parent")
+    assert "thread_ts" not in parent["message"]
+    reply = live.post(channel="C0ALERTS", text="first", thread_ts=parent["ts"])
+    assert reply["channel"] == "C0ALERTS" and reply["ts"] > parent["ts"]
+    assert reply["message"]["thread_ts"] == parent["ts"] and "subtype" not in reply["message"]
+    # A reply to a reply threads under the parent, as in Slack.
+    nested = live.post(channel="C0ALERTS", text="second", thread_ts=reply["ts"])
+    assert nested["message"]["thread_ts"] == parent["ts"]
+    loud = live.post(channel="C0ALERTS", text="disabled", thread_ts=parent["ts"],
+                     reply_broadcast="true")
+    assert loud["message"]["thread_ts"] == parent["ts"]
+    assert loud["message"]["subtype"] == "thread_broadcast"
+    as_json = live.http.post(f"{live.base}/api/chat.postMessage", timeout=5,
+                             headers={"Authorization": f"Bearer {live.token}"},
+                             json={"channel": "C0ALERTS", "text": "json", "thread_ts": parent["ts"],
+                                   "reply_broadcast": True}).json()
+    assert as_json["message"]["subtype"] == "thread_broadcast"
+    # reply_broadcast without thread_ts is a plain top-level message.
+    alone = live.post(channel="C0ALERTS", text="alone", reply_broadcast="true")
+    assert "thread_ts" not in alone["message"] and "subtype" not in alone["message"]
+
+    threads = live.threads()
+    assert [m["text"] for m in threads] == ["parent", "alone"]
+    assert [r["text"] for r in threads[0]["replies"]] == ["first", "second", "disabled", "json"]
+    assert [r["reply_broadcast"] for r in threads[0]["replies"]] == [False, False, True, True]
+    assert threads[0]["reply_count"] == 4 and threads[0]["latest_reply"] == as_json["ts"]
+    assert threads[1]["replies"] == [] and threads[1]["reply_broadcast"] is False
+    flat = live.flat()
+    assert len(flat) == 6 and [m["thread_ts"] for m in flat].count(parent["ts"]) == 4
+    only = live.control("GET", "/messages", params={"thread_ts": parent["ts"]}).json()
+    assert [m["text"] for m in only["messages"]] == ["first", "second", "disabled", "json"]
+
+
+@pytest.mark.parametrize("target", ["unknown", "other_channel", "deleted", "garbage"])
+def test_reply_to_a_missing_parent_is_thread_not_found(live: Live, target: str) -> None:
+    parent = live.post(channel="C0ALERTS", text="parent")
+    elsewhere = live.post(channel="C0DRIFT", text="elsewhere")
+    if target == "deleted":
+        assert live.control("DELETE", f"/channels/C0ALERTS/messages/{parent['ts']}").json() == {
+            "ok": True, "channel": "C0ALERTS", "ts": parent["ts"]}
+    thread_ts = {"unknown": "1000000000.000001", "other_channel": elsewhere["ts"],
+                 "deleted": parent["ts"], "garbage": "<script>"}[target]
+    answer = live.api("chat.postMessage", channel="C0ALERTS", text="reply", thread_ts=thread_ts)
+    assert answer.status_code == 200
+    assert answer.json() == {"ok": False, "error": "thread_not_found"}
+    assert [m["text"] for m in live.flat()] == ([] if target == "deleted" else ["parent"])
+    # The usual checks come first: a bad channel is still channel_not_found.
+    assert live.api("chat.postMessage", channel="C0NOPE", text="x",
+                    thread_ts=thread_ts).json()["error"] == "channel_not_found"
+
+
+def test_chat_update_edits_in_place_and_keeps_history(live: Live) -> None:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*failing* 1 of 3"}}]
+    parent = live.post(channel="C0ALERTS", text="failing 1 of 3", blocks=json.dumps(blocks))
+    live.post(channel="C0ALERTS", text="reply", thread_ts=parent["ts"])
+    new_blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*failing* 2 of 3"}}]
+    answer = live.api("chat.update", channel="#alerts", ts=parent["ts"], text="failing 2 of 3",
+                      blocks=json.dumps(new_blocks)).json()
+    assert answer["ok"] and answer["channel"] == "C0ALERTS" and answer["ts"] == parent["ts"]
+    assert answer["text"] == "failing 2 of 3" and answer["message"]["blocks"] == new_blocks
+    assert answer["message"]["edited"]["user"] == parent["message"]["user"]
+    # Text alone keeps the blocks; blocks alone keep the text; an empty list removes blocks.
+    live.api("chat.update", channel="C0ALERTS", ts=parent["ts"], text="disabled")
+    stored = live.threads()[0]
+    assert stored["text"] == "disabled" and stored["blocks"] == new_blocks
+    live.api("chat.update", channel="C0ALERTS", ts=parent["ts"], blocks=json.dumps(blocks))
+    assert live.threads()[0]["text"] == "disabled"
+    live.api("chat.update", channel="C0ALERTS", ts=parent["ts"], text="recovered", blocks="[]")
+    stored = live.threads()[0]
+    assert stored["text"] == "recovered" and stored["blocks"] is None
+    assert stored["edit_count"] == 4 and stored["edited"]["ts"] > parent["ts"]
+    assert [e["text"] for e in stored["edits"]] == [
+        "failing 1 of 3", "failing 2 of 3", "disabled", "disabled"]
+    assert stored["edits"][0]["blocks"] == blocks
+    assert stored["reply_count"] == 1 and len(stored["replies"]) == 1
+    # A reply can be edited too; it stays in its thread.
+    reply_ts = stored["replies"][0]["ts"]
+    assert live.api("chat.update", channel="C0ALERTS", ts=reply_ts, text="edited reply").json()[
+        "message"]["thread_ts"] == parent["ts"]
+    assert live.threads()[0]["replies"][0]["edit_count"] == 1
+    counts = live.control("GET", "/calls").json()["counts"]
+    assert counts["chat.update"] == 5 and counts["chat.postMessage"] == 2
+
+
+@pytest.mark.parametrize(("case", "error"), [
+    ("no_token", "not_authed"),
+    ("bad_token", "invalid_auth"),
+    ("unknown_channel", "channel_not_found"),
+    ("other_workspace", "channel_not_found"),
+    ("no_channel", "channel_not_found"),
+    ("wrong_channel", "message_not_found"),
+    ("left_channel", "not_in_channel"),
+    ("archived", "is_archived"),
+    ("no_ts", "message_not_found"),
+    ("unknown_ts", "message_not_found"),
+    ("deleted", "message_not_found"),
+    ("persons_message", "cant_update_message"),
+    ("bad_blocks", "invalid_blocks"),
+    ("too_many_blocks", "invalid_blocks"),
+    ("no_text", "no_text"),
+])
+def test_chat_update_errors(live: Live, case: str, error: str) -> None:
+    sent = live.post(channel="C0ALERTS", text="original")
+    person = live.control("POST", "/channels/C0ALERTS/messages",
+                          json={"text": "a person wrote this"}).json()["message"]
+    params: dict[str, t.Any] = {"channel": "C0ALERTS", "ts": sent["ts"], "text": "new"}
+    token: str | None = "BOT"
+    if case == "no_token":
+        token = None
+    elif case == "bad_token":
+        token = "xoxb-1-2-unknown"
+    elif case in ("unknown_channel", "other_workspace", "wrong_channel", "archived"):
+        params["channel"] = {"unknown_channel": "C0NOPE", "other_workspace": "C0GLBX01",
+                             "wrong_channel": "C0DRIFT", "archived": "C0ARCHIVE"}[case]
+    elif case == "no_channel":
+        del params["channel"]
+    elif case == "left_channel":
+        live.control("POST", "/channels/C0ALERTS/membership", json={"member": False})
+    elif case == "no_ts":
+        del params["ts"]
+    elif case == "unknown_ts":
+        params["ts"] = "1000000000.000001"
+    elif case == "deleted":
+        live.control("DELETE", f"/channels/C0ALERTS/messages/{sent['ts']}")
+    elif case == "persons_message":
+        params["ts"] = person["ts"]
+    elif case == "bad_blocks":
+        params["blocks"] = "{not json"
+    elif case == "too_many_blocks":
+        params["blocks"] = json.dumps([{"type": "divider"}] * 51)
+    elif case == "no_text":
+        del params["text"]
+    answer = live.api("chat.update", token, **params)
+    assert answer.status_code == 200
+    assert answer.json() == {"ok": False, "error": error}
+    for message in live.flat():
+        assert message["edit_count"] == 0 and message["edited"] is None
+        assert message["text"] in ("original", "a person wrote this")
+
+
+def test_chat_update_honours_faults_and_rate_limits(live: Live) -> None:
+    sent = live.post(channel="C0ALERTS", text="v0")
+
+    def update(text: str, timeout: float = 5) -> requests.Response:
+        return live.api("chat.update", channel="C0ALERTS", ts=sent["ts"], text=text,
+                        timeout=timeout)
+
+    def fault(**rule: t.Any) -> None:
+        live.control("POST", "/faults", json={"method": "chat.update", "times": 1, **rule})
+
+    fault(mode="ratelimited", retry_after=7)
+    limited = update("v1")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "7"
+    assert limited.json() == {"ok": False, "error": "ratelimited"}
+    fault(mode="http_status", status=503)
+    assert update("v1").status_code == 503
+    fault(mode="ok_false", error="message_not_found")
+    assert update("v1").json() == {"ok": False, "error": "message_not_found"}
+    fault(mode="disconnect")
+    with pytest.raises(requests.ConnectionError):
+        update("v1")
+    # A rule for chat.postMessage leaves chat.update alone.
+    live.control("POST", "/faults", json={"method": "chat.postMessage", "mode": "ok_false"})
+    assert update("v2").json()["ok"] is True
+    live.control("DELETE", "/faults")
+
+    # The per-second limit counts updates apart from posts, per channel, as Slack's tiers do.
+    live.control("POST", "/config", json={"per_second": 2})
+    assert [update(f"r{i}").status_code for i in range(3)] == [200, 200, 429]
+    assert update("r3").headers["Retry-After"] == "1"
+    assert live.api("chat.postMessage", channel="C0ALERTS", text="p").status_code == 200
+    assert live.threads()[0]["text"] == "r1"
+    live.control("POST", "/config", json={"per_second": None})
+
+    # A timed-out update may still land, as at Slack: the client cannot know.
+    fault(mode="timeout", delay=0.5)
+    with pytest.raises(requests.Timeout):
+        update("late", timeout=0.1)
+    deadline = time.monotonic() + 10
+    while live.threads()[0]["text"] != "late" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live.threads()[0]["text"] == "late"
+    calls = live.control("GET", "/calls", params={"method": "chat.update"}).json()["calls"]
+    assert [c["fault"] for c in calls] == [
+        "ratelimited", "http_status", "ok_false", "disconnect"] + [None] * 5 + ["timeout"]
+    assert all(c["channel"] == "C0ALERTS" and c["team"] == "T0ACME01" for c in calls)
+
+
+def test_message_control_api_refuses_bad_input(live: Live) -> None:
+    parent = live.post(channel="C0ALERTS", text="parent")
+    bad_bodies: list[t.Any] = [{}, {"text": ""}, {"text": 5}, {"text": "x", "user": 7},
+                               {"text": "x", "thread_ts": 1.5}, ["text"]]
+    for body in bad_bodies:
+        answer = live.control("POST", "/channels/C0ALERTS/messages", json=body)
+        assert answer.status_code == 400 and answer.json()["error"] == "bad_request", body
+    assert live.control("POST", "/channels/C0NOPE/messages", json={"text": "x"}).status_code \
+        == 404
+    orphan = live.control("POST", "/channels/C0ALERTS/messages",
+                          json={"text": "x", "thread_ts": "1.000001"})
+    assert orphan.status_code == 404 and orphan.json()["message"] == "thread_not_found"
+    assert live.control("GET", "/channels/C0NOPE/messages").status_code == 404
+    for path in (f"/channels/C0DRIFT/messages/{parent['ts']}", "/channels/C0ALERTS/messages/1.2",
+                 f"/channels/C0NOPE/messages/{parent['ts']}"):
+        gone = live.control("DELETE", path)
+        assert gone.status_code == 404 and gone.json()["message"] == "message_not_found"
+    # A person may reply in the bot's thread; the bot then still threads under the parent.
+    human = live.control("POST", "/channels/C0ALERTS/messages", json={
+        "text": "looking", "user": "U0ANN", "thread_ts": parent["ts"]}).json()["message"]
+    assert human["thread_ts"] == parent["ts"] and human["bot_id"] is None
+    assert live.post(channel="C0ALERTS", text="again", thread_ts=human["ts"])[
+        "message"]["thread_ts"] == parent["ts"]
+
+
+def test_deleted_parent_keeps_its_replies_under_a_placeholder(live: Live) -> None:
+    parent = live.post(channel="C0ALERTS", text="parent")
+    live.post(channel="C0ALERTS", text="reply", thread_ts=parent["ts"])
+    live.control("DELETE", f"/channels/C0ALERTS/messages/{parent['ts']}")
+    fresh = live.post(channel="C0ALERTS", text="new parent")
+    threads = live.threads()
+    assert [(m["ts"], m["deleted"]) for m in threads] == [(parent["ts"], True),
+                                                          (fresh["ts"], False)]
+    assert [r["text"] for r in threads[0]["replies"]] == ["reply"]
+    assert [m["text"] for m in live.flat()] == ["reply", "new parent"]
+    html = live.control("GET", "/channels", params={"refresh": "0"}).text
+    assert "This message was deleted." in html
+    assert 'http-equiv="refresh"' not in html
+
+
+def test_channel_view_shows_threads_edits_broadcasts_and_digests_safely(live: Live) -> None:
+    parent = live.post(channel="C0ALERTS", text="nightly <!channel> failing")
+    live.post(channel="C0ALERTS", text="reply <b>quiet</b>", thread_ts=parent["ts"])
+    loud = live.post(channel="C0ALERTS", text="disabled &lt;!here&gt;", thread_ts=parent["ts"],
+                     reply_broadcast="true")
+    live.api("chat.update", channel="C0ALERTS", ts=parent["ts"],
+             text="edited <script>alert(1)</script> &lt;!channel&gt;")
+    live.control("POST", "/channels/C0ALERTS/messages",
+                 json={"text": "who <i>", "user": "<img src=x onerror=y>"})
+    digest = [{"type": "header", "text": {"type": "plain_text", "text": "12 schedules failing"}}]
+    digest += [{"type": "section", "text": {"type": "mrkdwn",
+                                            "text": f"*sched-{i}* `disk &lt;full&gt;` · 1 of 3"}}
+               for i in range(48)]
+    digest.append({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": "<https://dw.example/deliveries|and 7 more>"}]})
+    live.post(channel="C0ALERTS", text="digest", blocks=json.dumps(digest))
+    html = live.control("GET", "/channels").text
+
+    start = html.index(f'<div class="thread" data-thread-ts="{parent["ts"]}">')
+    thread = html[start:html.index("</section>", start)]  # the parent is the oldest message
+    assert "reply &lt;b&gt;quiet&lt;/b&gt;" in thread
+    assert "also sent to the channel" in thread and "2 replies" in thread
+    # The broadcast reply also shows in the channel on its own, newer than its parent.
+    broadcast = html.index(f'class="message broadcast" data-channel="C0ALERTS" '
+                           f'data-ts="{loud["ts"]}"')
+    assert broadcast < html.index(f'data-ts="{parent["ts"]}"')
+    assert "disabled &amp;lt;!here&amp;gt;" not in html and "disabled &lt;!here&gt;" in html
+    # The edited parent is marked and shows its new text, escaped; the old text is gone.
+    assert '(edited)</span>' in html and "nightly" not in html
+    assert "edited &lt;script&gt;alert(1)&lt;/script&gt; &lt;!channel&gt;" in html
+    assert "<script>alert" not in html and "<img src=x" not in html and "<i>" not in html
+    assert "@&lt;img src=x onerror=y&gt;" in html
+    assert html.count('<div class="block section">') == 48
+    assert "<code>disk &lt;full&gt;</code>" in html
+    assert 'href="https://dw.example/deliveries"' in html
+
+
+def test_view_shows_the_latest_replies_of_a_long_thread(live: Live) -> None:
+    parent = live.post(channel="C0ALERTS", text="parent")
+    for i in range(55):
+        live.post(channel="C0ALERTS", text=f"reply {i}", thread_ts=parent["ts"])
+    html = live.control("GET", "/channels").text
+    assert "55 replies (5 earlier not shown)" in html
+    assert ">reply 54<" in html and ">reply 4<" not in html and ">reply 5<" in html
+    assert len(live.threads()[0]["replies"]) == 55
+
+
+def test_history_bound_drops_the_oldest_messages() -> None:
+    base, stop = serve_in_thread(create_app({"TESTING": True, "MESSAGE_HISTORY": 3}))
+    try:
+        live = Live(base)
+        first = live.post(channel="C0ALERTS", text="m0")
+        for i in range(1, 4):
+            live.post(channel="C0ALERTS", text=f"m{i}")
+        assert [m["text"] for m in live.flat()] == ["m1", "m2", "m3"]
+        assert live.api("chat.update", channel="C0ALERTS", ts=first["ts"],
+                        text="x").json()["error"] == "message_not_found"
+        assert live.api("chat.postMessage", channel="C0ALERTS", text="x",
+                        thread_ts=first["ts"]).json()["error"] == "thread_not_found"
+        live.http.close()
+    finally:
+        stop()

@@ -555,3 +555,190 @@ def test_on_postgresql(tmp_path: t.Any) -> None:
     finally:
         get_state(app).db.dispose()
         _admin(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)")
+
+
+# ---- storms, recoveries and bad error texts -------------------------------------------------
+
+@pytest.fixture()
+def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[ScanEvent]:
+    """Every event the host CLI hands to the dispatcher, in order (Slack itself not mounted)."""
+    from driftwise_slack.reference_host.state import HostState
+
+    events: list[ScanEvent] = []
+    monkeypatch.setattr(HostState, "dispatcher", lambda self, session: events.append)
+    return events
+
+
+def _runs(app: Flask) -> list[tuple[int, str, str]]:
+    with app.app_context():
+        return [tuple(r) for r in get_state().db.session.execute(
+            sa.select(ScanRun.schedule_id, ScanRun.status, ScanRun.error).order_by(ScanRun.id))]
+
+
+def test_fail_scans_records_each_schedule_in_its_own_run(
+        app: Flask, seeded: dict[str, t.Any], dispatched: list[ScanEvent]) -> None:
+    first = seeded["schedule_id"]
+    others = [ok(app, "create-schedule", "acme", f"s{i}", "--channel", "#alerts")["schedule_id"]
+              for i in range(2)]
+    ids = [first, *others, first, first]
+    out = ok(app, "fail-scans", *map(str, ids), "--error", " cloud credential expired ")
+    assert out == {"results": [
+        {"schedule_id": first, "consecutive_failures": 1, "disabled": False},
+        {"schedule_id": others[0], "consecutive_failures": 1, "disabled": False},
+        {"schedule_id": others[1], "consecutive_failures": 1, "disabled": False},
+        {"schedule_id": first, "consecutive_failures": 2, "disabled": False},
+        {"schedule_id": first, "consecutive_failures": 3, "disabled": True}]}
+    assert _runs(app) == [(i, "failed", "cloud credential expired") for i in ids]
+    assert [(e.type, int(e.schedule_id), e.consecutive_failures) for e in dispatched] == [
+        (EventType.SCHEDULED_SCAN_FAILED, first, 1),
+        (EventType.SCHEDULED_SCAN_FAILED, others[0], 1),
+        (EventType.SCHEDULED_SCAN_FAILED, others[1], 1),
+        (EventType.SCHEDULED_SCAN_FAILED, first, 2),
+        (EventType.SCHEDULED_SCAN_FAILED, first, 3),
+        (EventType.SCHEDULE_AUTO_DISABLED, first, 3)]
+    assert len({e.run_id for e in dispatched}) == 5  # one run per failure; disable shares it
+    # Exactly what fail-scan would have printed for the same state.
+    assert ok(app, "fail-scan", str(others[0])) == {
+        "schedule_id": others[0], "consecutive_failures": 2, "disabled": False}
+
+
+@pytest.mark.parametrize(("args", "code", "named"), [
+    (("1", "999", "998", "999"), "unknown_schedule", "999, 998"),
+    (("999",), "unknown_schedule", "999"),
+    ((), "invalid_argument", None),
+    (("1", "abc"), "invalid_argument", None),
+    (("1", "--error", "bad \udcff bytes"), "invalid_error", None),
+    (("1", "--error", "nul \x00 inside"), "invalid_error", None),
+])
+def test_fail_scans_refuses_bad_input_and_records_nothing(
+        app: Flask, seeded: dict[str, t.Any], dispatched: list[ScanEvent],
+        args: tuple[str, ...], code: str, named: str | None) -> None:
+    status, payload = run(app, "fail-scans", *args)
+    assert status == 1 and payload["error"] == code and payload["message"]
+    if named is not None:
+        assert named in payload["message"]
+    assert _runs(app) == [] and dispatched == []
+
+
+@pytest.mark.parametrize("error", ["lone \ud800 surrogate", "nul \x00 inside"])
+def test_fail_scan_refuses_error_text_it_cannot_store(
+        app: Flask, seeded: dict[str, t.Any], error: str) -> None:
+    status, payload = run(app, "fail-scan", str(seeded["schedule_id"]), "--error", error)
+    assert status == 1 and payload["error"] == "invalid_error"
+    assert _runs(app) == []
+    with app.app_context():
+        session = get_state().db.session
+        schedule = session.get(Schedule, seeded["schedule_id"])
+        assert schedule is not None
+        with pytest.raises(ValueError):
+            record_failed_scan(session, schedule, error, disable_after=3)
+    assert _runs(app) == []
+
+
+def test_succeed_scan_hands_a_scan_succeeded_event_to_the_dispatcher(
+        app: Flask, seeded: dict[str, t.Any], dispatched: list[ScanEvent]) -> None:
+    sid = seeded["schedule_id"]
+    ok(app, "fail-scans", str(sid), str(sid))
+    assert ok(app, "succeed-scan", str(sid)) == {"schedule_id": sid, "consecutive_failures": 0}
+    assert [e.type for e in dispatched] == [EventType.SCHEDULED_SCAN_FAILED] * 2 + [
+        EventType.SCAN_SUCCEEDED]
+    succeeded = dispatched[-1]
+    assert not succeeded.type.notifies
+    assert (succeeded.org_id, succeeded.schedule_id, succeeded.schedule_name,
+            succeeded.channel, succeeded.error, succeeded.consecutive_failures) == (
+        "1", str(sid), "nightly", "#alerts", "", 0)
+    assert succeeded.occurred_at.tzinfo is not None
+    assert succeeded.run_id not in {e.run_id for e in dispatched[:-1]}
+    assert _runs(app)[-1] == (sid, "succeeded", "")
+    # A success with nothing failing is still a run and still handed over; Slack decides.
+    ok(app, "succeed-scan", str(sid))
+    assert [e.type for e in dispatched[-2:]] == [EventType.SCAN_SUCCEEDED] * 2
+    status, payload = run(app, "succeed-scan", "999")
+    assert status == 1 and payload["error"] == "unknown_schedule"
+    assert len(dispatched) == 4
+
+
+def test_a_failing_dispatch_rolls_the_success_back(app: Flask, seeded: dict[str, t.Any]) -> None:
+    def broken(event: ScanEvent) -> None:
+        raise RuntimeError("queue down")
+
+    sid = seeded["schedule_id"]
+    ok(app, "fail-scan", str(sid))
+    with app.app_context():
+        session = get_state().db.session
+        schedule = session.get(Schedule, sid)
+        assert schedule is not None
+        with pytest.raises(RuntimeError):
+            record_succeeded_scan(session, schedule, dispatch=broken)
+        session.expire_all()
+        assert session.get(Schedule, sid).consecutive_failures == 1
+    assert [r[1] for r in _runs(app)] == ["failed"]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    (json.dumps({"error": "nul \u0000 inside"}), "application/json", 400),
+    ('{"error": "lone \\ud800 surrogate"}', "application/json", 400),
+    ('{"error": "lone \\udcff low"}', "application/json", 400),
+    (json.dumps({"error": None}), "application/json", 400),
+    (json.dumps({"error": 5}), "application/json", 400),
+    (json.dumps({"error": True}), "application/json", 400),
+    (json.dumps({"error": ["x"]}), "application/json", 400),
+    (json.dumps({"error": {"text": "x"}}), "application/json", 400),
+    (json.dumps({"error": "x" * 70_000}), "application/json", 400),
+    (json.dumps(["error"]), "application/json", 400),
+    ("not json", "application/json", 400),
+    ("error=boom", "application/x-www-form-urlencoded", 400),
+    (b'{"error": "\xff\xfe"}', "application/json", 400),
+    ("[" * 50_000 + "]" * 50_000, "application/json", 400),
+    (json.dumps({"error": "x" * 400_000}), "application/json", 413),
+])
+def test_fail_endpoint_answers_bad_input_with_json_errors(
+        app: Flask, seeded: dict[str, t.Any], body: str | bytes, content_type: str,
+        status: int) -> None:
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # a crash would show as a 500 page, not raise
+    client = app.test_client()
+    response = client.post(f"/api/v2/schedules/{seeded['schedule_id']}/fail", data=body,
+                           content_type=content_type,
+                           headers=bearer(seeded["people"]["owner"]["token"]))
+    assert response.status_code == status, response.get_data(as_text=True)[:200]
+    assert response.is_json and set(response.json) == {"error", "message"}
+    assert response.json["error"] in ("invalid_request", "payload_too_large")
+    assert _runs(app) == []
+
+
+def test_fail_endpoint_cuts_long_errors_and_defaults_empty_ones(
+        app: Flask, seeded: dict[str, t.Any]) -> None:
+    from driftwise_slack.reference_host.scans import MAX_ERROR_LENGTH
+    from driftwise_slack.reference_host.views import DEMO_ERROR
+
+    client, sid = app.test_client(), seeded["schedule_id"]
+    headers = bearer(seeded["people"]["owner"]["token"])
+    url = f"/api/v2/schedules/{sid}/fail"
+    assert client.post(url, json={"error": "é" * 5000}, headers=headers).status_code == 200
+    assert client.post(url, json={"error": "  "}, headers=headers).status_code == 200
+    assert client.post(url, data="", headers=headers).status_code == 200
+    errors = [r[2] for r in _runs(app)]
+    assert errors == ["é" * MAX_ERROR_LENGTH, DEMO_ERROR, DEMO_ERROR]
+
+
+def test_bad_error_texts_on_postgresql_are_400_not_500(tmp_path: t.Any, database_url: str,
+                                                        db: t.Any) -> None:
+    # PostgreSQL's text type refuses NUL outright; the route must answer before it gets there.
+    app = make_app(tmp_path, DATABASE_URL=database_url, PROPAGATE_EXCEPTIONS=False)
+    try:
+        ok(app, "create-org", "acme", "--plan", "team")
+        owner = ok(app, "add-user", "acme", "owner@acme.test", "--role", "owner")
+        sid = ok(app, "create-schedule", "acme", "nightly", "--channel", "#alerts")["schedule_id"]
+        client = app.test_client()
+        url = f"/api/v2/schedules/{sid}/fail"
+        for body in ('{"error": "a\\u0000b"}', '{"error": "a\\ud800b"}'):
+            response = client.post(url, data=body, content_type="application/json",
+                                   headers=bearer(owner["token"]))
+            assert response.status_code == 400 and response.json["error"] == "invalid_request"
+        status, payload = run(app, "fail-scans", str(sid), "--error", "a\x00b")
+        assert status == 1 and payload["error"] == "invalid_error"
+        assert ok(app, "fail-scans", str(sid), str(sid), "--error", "quota")["results"][-1] == {
+            "schedule_id": sid, "consecutive_failures": 2, "disabled": False}
+        assert _runs(app) == [(sid, "failed", "quota")] * 2
+    finally:
+        get_state(app).db.dispose()

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 
 from .ext import get_world
 from .render import mrkdwn, render_blocks
+from .tokens import SlackError
 
 bp = Blueprint("emulator_control", __name__, url_prefix="/_emulator")
 
@@ -121,8 +122,60 @@ def calls() -> Response:
 
 @bp.get("/messages")
 def messages() -> Response:
-    """``{"messages": [...]}``, oldest first, optionally for ``?channel=`` only."""
-    return jsonify({"messages": get_world().messages(request.args.get("channel") or None)})
+    """``{"messages": [...]}``, oldest first, replies included, deleted ones not; optionally for
+    ``?channel=`` only and, with ``?thread_ts=``, only that thread's replies."""
+    found = get_world().messages(request.args.get("channel") or None)
+    thread_ts = request.args.get("thread_ts")
+    if thread_ts:
+        found = [m for m in found if m["thread_ts"] == thread_ts]
+    return jsonify({"messages": found})
+
+
+@bp.get("/channels/<channel_id>/messages")
+def channel_messages(channel_id: str) -> Response:
+    """``{"channel", "messages": [...]}``: top-level messages oldest first, each with its
+    ``replies`` (oldest first); a deleted parent with replies left is ``"deleted": true``."""
+    try:
+        threads = get_world().threads(channel_id)
+    except KeyError:
+        return _bad("channel_not_found", 404)
+    return jsonify({"channel": channel_id, "messages": threads})
+
+
+@bp.post("/channels/<channel_id>/messages")
+def add_message(channel_id: str) -> Response:
+    """Post as a person: ``{"text", "user"?, "thread_ts"?}`` -> ``{"ok": true, "message"}``.
+
+    The bot cannot edit such a message (``cant_update_message``), as in Slack.
+    """
+    body = _body()
+    text, user, thread_ts = body.get("text"), body.get("user"), body.get("thread_ts")
+    if not isinstance(text, str) or not text:
+        return _bad("text must be a non-empty string")
+    if user is not None and not isinstance(user, str):
+        return _bad("user must be a string")
+    if thread_ts is not None and not isinstance(thread_ts, str):
+        return _bad("thread_ts must be a string")
+    try:
+        message = get_world().add_message(channel_id, text=text, user=user or None,
+                                          thread_ts=thread_ts or None)
+    except KeyError:
+        return _bad("channel_not_found", 404)
+    except SlackError as exc:
+        return _bad(exc.error, 404)
+    return jsonify({"ok": True, "message": message})
+
+
+@bp.delete("/channels/<channel_id>/messages/<ts>")
+def delete_message(channel_id: str, ts: str) -> Response:
+    """Delete a message, as a person can: ``{"ok": true, "channel", "ts"}``; 404 when there is
+    no such message. Replies stay in the thread; posting to or editing the deleted ``ts`` then
+    fails as Slack fails (``thread_not_found``, ``message_not_found``)."""
+    try:
+        get_world().delete_message(channel_id, ts)
+    except KeyError:
+        return _bad("message_not_found", 404)
+    return jsonify({"ok": True, "channel": channel_id, "ts": ts})
 
 
 @bp.get("/tokens")

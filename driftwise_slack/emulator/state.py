@@ -11,12 +11,16 @@ import threading
 import time
 import typing as t
 
+from .chat import Chat
 from .faults import FaultRule, parse_fault
+from .history import History
 from .seed import EmulatorSettings, WorkspaceSeed
-from .tokens import CodeGrant, Grant, RateLimited, SlackError, TokenBook
+from .tokens import CodeGrant, Grant, TokenBook
 
 #: Messages per channel that the HTML channel view shows.
 VIEW_MESSAGES = 50
+#: Replies per thread that the HTML channel view shows (the latest ones).
+VIEW_REPLIES = 50
 
 
 @dataclasses.dataclass
@@ -40,7 +44,7 @@ class Call:
     fault: str | None = None
 
 
-class World:
+class World(Chat):
     """All emulator state. Public methods take the lock; none of them sleeps or does I/O."""
 
     def __init__(self, settings: EmulatorSettings) -> None:
@@ -64,14 +68,15 @@ class World:
                                                  seed.archived)
                 self._names[(ws.id, seed.name)] = seed.id
         self.book = TokenBook()
-        self._messages: dict[str, collections.deque[dict[str, t.Any]]] = {
-            cid: collections.deque(maxlen=s.message_history) for cid in self.channels}
+        self._messages: dict[str, History] = {
+            cid: History(s.message_history) for cid in self.channels}
         self._calls: collections.deque[dict[str, t.Any]] = collections.deque(
             maxlen=s.call_history)
         self._counts: collections.Counter[str] = collections.Counter()
         self._faults: list[FaultRule] = []
         self._fault_seq = 0
-        self._windows: dict[str, collections.deque[float]] = {}
+        # Rate windows per (method, channel): Slack limits chat.update apart from posting.
+        self._windows: dict[tuple[str, str], collections.deque[float]] = {}
         self._last_ts = 0
         self.per_second: int | None = s.per_second
         self.rotation = s.rotation
@@ -141,52 +146,6 @@ class World:
             return None
         return found
 
-    def post_message(self, token: str | None, channel_ref: str | None, *, text: str | None,
-                     blocks: list[dict[str, t.Any]] | None, blocks_error: bool,
-                     call: Call) -> dict[str, t.Any]:
-        """``chat.postMessage``, with Slack's checks in Slack's order; returns the message."""
-        with self._lock:
-            team_id = self.book.authenticate(token)
-            call.team = team_id
-            channel = self._find_channel(team_id, channel_ref) if channel_ref else None
-            if channel is None:
-                raise SlackError("channel_not_found")
-            call.channel = channel.id
-            now = time.time()
-            self._check_rate(channel.id, now)
-            if channel.archived:
-                raise SlackError("is_archived")
-            if not channel.member:
-                raise SlackError("not_in_channel")
-            if blocks_error:
-                raise SlackError("invalid_blocks")
-            if not text and not blocks:
-                raise SlackError("no_text")
-            micros = max(int(now * 1_000_000), self._last_ts + 1)
-            self._last_ts = micros
-            ts = f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
-            self._messages[channel.id].append({
-                "channel": channel.id, "ts": ts, "text": text or "", "blocks": blocks,
-                "received_at": now})
-            ws = self.workspaces[team_id]
-            message: dict[str, t.Any] = {
-                "type": "message", "text": text or "", "user": ws.bot_user_id,
-                "bot_id": ws.bot_id, "app_id": self.settings.app_id, "team": team_id, "ts": ts}
-            if blocks:
-                message["blocks"] = blocks
-            return {"channel": channel.id, "ts": ts, "message": message}
-
-    def _check_rate(self, channel_id: str, now: float) -> None:
-        limit = self.per_second
-        if limit is None:
-            return
-        window = self._windows.setdefault(channel_id, collections.deque())
-        while window and window[0] <= now - 1.0:
-            window.popleft()
-        if len(window) >= limit:
-            raise RateLimited(1)
-        window.append(now)
-
     def set_member(self, channel_id: str, member: bool | None = None) -> bool:
         """Set (or, with ``None``, toggle) the bot's membership; raises ``KeyError``."""
         with self._lock:
@@ -195,11 +154,13 @@ class World:
             return channel.member
 
     def messages(self, channel_id: str | None = None) -> list[dict[str, t.Any]]:
-        """Messages received, oldest first, for one channel or all of them."""
+        """Messages received (replies included, deleted ones not), oldest first, for one
+        channel or all of them."""
         with self._lock:
             if channel_id is not None:
-                return list(self._messages.get(channel_id, ()))
-            merged = [m for queue in self._messages.values() for m in queue]
+                history = self._messages.get(channel_id)
+                return history.all() if history is not None else []
+            merged = [m for history in self._messages.values() for m in history.all()]
         return sorted(merged, key=lambda m: m["received_at"])
 
     def view(self) -> list[dict[str, t.Any]]:
@@ -210,7 +171,7 @@ class World:
                 "channels": [{
                     "id": ch.id, "name": ch.name, "member": ch.member, "archived": ch.archived,
                     "count": len(self._messages[ch.id]),
-                    "messages": list(self._messages[ch.id])[-VIEW_MESSAGES:][::-1],
+                    "messages": self._messages[ch.id].timeline(VIEW_MESSAGES, VIEW_REPLIES),
                 } for ch in self.channels.values() if ch.team_id == ws.id],
             } for ws in self.workspaces.values()]
 

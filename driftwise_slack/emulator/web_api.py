@@ -157,15 +157,35 @@ def parse_blocks(raw: t.Any) -> tuple[list[dict[str, t.Any]] | None, bool]:
     return raw or None, False
 
 
+def _optional(params: Params, name: str) -> str | None:
+    value = params.get(name)
+    return None if value is None or value == "" else str(value)
+
+
 def chat_post_message(world: World, params: Params, token: str | None,
                       call: Call) -> dict[str, t.Any]:
-    """``chat.postMessage``: token, channel, archived, membership, blocks, text, in that order."""
+    """``chat.postMessage``: token, channel, archived, membership, blocks, text, thread, in
+    that order. ``thread_ts`` makes a reply; ``reply_broadcast`` also shows it in the channel."""
     blocks, blocks_error = parse_blocks(params.get("blocks"))
     text = params.get("text")
-    channel = params.get("channel")
-    return world.post_message(token, str(channel) if channel else None,
+    return world.post_message(token, _optional(params, "channel"),
                               text=str(text) if text is not None else None,
-                              blocks=blocks, blocks_error=blocks_error, call=call)
+                              blocks=blocks, blocks_error=blocks_error, call=call,
+                              thread_ts=_optional(params, "thread_ts"),
+                              reply_broadcast=_truthy(params.get("reply_broadcast")))
+
+
+def chat_update(world: World, params: Params, token: str | None,
+                call: Call) -> dict[str, t.Any]:
+    """``chat.update``: the channel checks of posting, then the message (``ts``), its author,
+    blocks and text. Blocks left out are kept; ``blocks=[]`` removes them."""
+    raw_blocks = params.get("blocks")
+    blocks, blocks_error = parse_blocks(raw_blocks)
+    text = params.get("text")
+    return world.update_message(token, _optional(params, "channel"), _optional(params, "ts"),
+                                text=str(text) if text is not None else None,
+                                blocks=blocks, blocks_given=raw_blocks is not None,
+                                blocks_error=blocks_error, call=call)
 
 
 #: The methods the emulator speaks.
@@ -174,6 +194,7 @@ METHODS: dict[str, Handler] = {
     "auth.revoke": auth_revoke,
     "auth.test": auth_test,
     "chat.postMessage": chat_post_message,
+    "chat.update": chat_update,
 }
 
 

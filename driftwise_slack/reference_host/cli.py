@@ -25,7 +25,13 @@ from .models import (
     Schedule,
     User,
 )
-from .scans import record_failed_scan, record_succeeded_scan
+from .scans import (
+    InvalidErrorText,
+    ScanOutcome,
+    clean_error,
+    record_failed_scan,
+    record_succeeded_scan,
+)
 from .state import get_state
 
 #: Shape of an org slug: lower-case letters, digits and dashes.
@@ -95,6 +101,34 @@ def _schedule(schedule_id: int) -> Schedule:
     if schedule is None:
         raise CommandFailed("unknown_schedule", f"There is no schedule with id {schedule_id}.")
     return schedule
+
+
+def _schedules(schedule_ids: t.Sequence[int]) -> list[Schedule]:
+    """Every schedule named, in order (repeats included); all must exist before any is used."""
+    found = {s.id: s for s in get_state().db.session.scalars(
+        sa.select(Schedule).where(Schedule.id.in_(set(schedule_ids))))}
+    missing = [i for i in dict.fromkeys(schedule_ids) if i not in found]
+    if missing:
+        listed = ", ".join(str(i) for i in missing)
+        raise CommandFailed("unknown_schedule",
+                            f"There is no schedule with id {listed}." if len(missing) == 1
+                            else f"There are no schedules with ids {listed}.")
+    return [found[i] for i in schedule_ids]
+
+
+def _error_text(error: str) -> str:
+    try:
+        return clean_error(error)
+    except InvalidErrorText as exc:
+        raise CommandFailed("invalid_error", str(exc)) from None
+
+
+def _fail(schedule: Schedule, error: str) -> ScanOutcome:
+    """Record one failed scheduled run in its own transaction, handing its events to Slack."""
+    state = get_state()
+    session = state.db.session
+    return record_failed_scan(session, schedule, error, disable_after=state.disable_after(),
+                              dispatch=state.dispatcher(session))
 
 
 @host_cli.command("init-db", cls=JsonCommand)
@@ -237,17 +271,31 @@ def audit_command(slug: str) -> None:
 @click.option("--error", "error", default="Scheduled scan failed.", help="The scan's error.")
 def fail_scan_command(schedule_id: int, error: str) -> None:
     """Record a failed scheduled run of SCHEDULE_ID and notify Slack (when mounted)."""
-    state = get_state()
-    session = state.db.session
-    outcome = record_failed_scan(session, _schedule(schedule_id), error,
-                                 disable_after=state.disable_after(),
-                                 dispatch=state.dispatcher(session))
-    _emit(outcome.failure_json())
+    schedule = _schedule(schedule_id)
+    _emit(_fail(schedule, _error_text(error)).failure_json())
+
+
+@host_cli.command("fail-scans", cls=JsonCommand)
+@click.argument("schedule_ids", nargs=-1, required=True, type=int)
+@click.option("--error", "error", default="Scheduled scan failed.", help="The scans' error.")
+def fail_scans_command(schedule_ids: tuple[int, ...], error: str) -> None:
+    """Record a failed scheduled run of each SCHEDULE_ID, one after another (a storm).
+
+    Each run is its own transaction, exactly as ``fail-scan`` records it; a repeated id fails
+    again. Every id is checked first, so an unknown one records nothing.
+    """
+    schedules = _schedules(schedule_ids)
+    text = _error_text(error)
+    _emit({"results": [_fail(schedule, text).failure_json() for schedule in schedules]})
 
 
 @host_cli.command("succeed-scan", cls=JsonCommand)
 @click.argument("schedule_id", type=int)
 def succeed_scan_command(schedule_id: int) -> None:
-    """Record a successful scheduled run of SCHEDULE_ID (resets the failure count)."""
-    session = get_state().db.session
-    _emit(record_succeeded_scan(session, _schedule(schedule_id)).success_json())
+    """Record a successful scheduled run of SCHEDULE_ID: resets the failure count and hands a
+    scan-succeeded event to Slack (when mounted), which closes an open streak."""
+    state = get_state()
+    session = state.db.session
+    outcome = record_succeeded_scan(session, _schedule(schedule_id),
+                                    dispatch=state.dispatcher(session))
+    _emit(outcome.success_json())

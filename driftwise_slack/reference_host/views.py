@@ -16,13 +16,35 @@ from driftwise_slack.host import Caller, Role
 from .adapter import parse_id
 from .auth import is_api_path, json_error
 from .models import Membership, Org, Schedule, User
-from .scans import MAX_ERROR_LENGTH, record_failed_scan
+from .scans import InvalidErrorText, clean_error, record_failed_scan
 from .state import get_state
 
 bp = Blueprint("host_api", __name__)
 
 #: Error text of a scan failed from the Settings page without one.
 DEMO_ERROR = "Simulated failure from the Settings page."
+#: Longest ``error`` the fail route accepts; texts up to here are cut to what a run keeps.
+MAX_ERROR_INPUT = 65536
+#: Largest request body the fail route reads.
+MAX_FAIL_BODY = 4 * MAX_ERROR_INPUT + 1024
+
+
+def _fail_body() -> dict[str, t.Any] | Response:
+    """The fail route's JSON object (``{}`` for an empty body), or a 400/413 answer."""
+    if request.content_length is not None and request.content_length > MAX_FAIL_BODY:
+        return json_error(413, "payload_too_large", "The request body is too large.")
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_FAIL_BODY:  # chunked bodies have no Content-Length
+        return json_error(413, "payload_too_large", "The request body is too large.")
+    if not raw.strip():
+        return {}
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # deeply nested arrays: not a ValueError, so not silenced
+        body = None
+    if not isinstance(body, dict):
+        return json_error(400, "invalid_request", "The body must be a JSON object.")
+    return body
 
 
 def _unauthorized() -> Response:
@@ -95,19 +117,26 @@ def fail_schedule(schedule_id: int) -> t.Any:
         return _unauthorized()
     if not Role(member.role).can_manage:
         return json_error(403, "forbidden", "Only owners and admins can run scans.")
-    body = request.get_json(silent=True)
-    body = body if isinstance(body, dict) else {}
+    body = _fail_body()
+    if isinstance(body, Response):
+        return body
     error = body.get("error", DEMO_ERROR)
     if not isinstance(error, str):
         return json_error(400, "invalid_request", "'error' must be a string.")
+    if len(error) > MAX_ERROR_INPUT:
+        return json_error(400, "invalid_request",
+                          f"'error' is too long (at most {MAX_ERROR_INPUT} characters).")
+    try:
+        error = clean_error(error) or DEMO_ERROR
+    except InvalidErrorText as exc:
+        return json_error(400, "invalid_request", str(exc))
     state = get_state()
     session = state.db.session
     schedule = session.scalar(sa.select(Schedule).where(
         Schedule.id == schedule_id, Schedule.org_id == member.org_id))
     if schedule is None:
         return json_error(404, "not_found", "There is no such schedule in your organisation.")
-    outcome = record_failed_scan(session, schedule, error.strip()[:MAX_ERROR_LENGTH] or DEMO_ERROR,
-                                 disable_after=state.disable_after(),
+    outcome = record_failed_scan(session, schedule, error, disable_after=state.disable_after(),
                                  dispatch=state.dispatcher(session))
     return outcome.failure_json()
 
