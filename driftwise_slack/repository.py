@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
-from sqlalchemy import delete, exists, or_, select, text, update
+from sqlalchemy import any_, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from .models import (
     FINAL_SQL,
@@ -207,13 +208,29 @@ class DeliveryRepository:
 
     def recent(self, *, org_id: str, schedule_id: str | None = None, before_id: int | None = None,
                limit: int = 20) -> list[Delivery]:
-        """Newest first, keyset-paginated by id."""
-        stmt = select(Delivery).where(Delivery.org_id == org_id)
+        """Newest first, keyset-paginated by id: the rows with ``id < before_id``.
+
+        The page's ids come from an index-only read of ``(org_id, id)`` or ``(org_id,
+        schedule_id, id)``, then its rows by primary key. Asked for the rows directly, the
+        planner may walk the primary key backwards past every other org's newer rows when it
+        guesses this org's rows are spread evenly, which for an org gone quiet they are not.
+        """
+        ids = select(Delivery.id).where(Delivery.org_id == org_id)
         if schedule_id is not None:
-            stmt = stmt.where(Delivery.schedule_id == schedule_id)
+            ids = ids.where(Delivery.schedule_id == schedule_id)
         if before_id is not None:
-            stmt = stmt.where(Delivery.id < before_id)
-        return list(self.session.scalars(stmt.order_by(Delivery.id.desc()).limit(limit)))
+            ids = ids.where(Delivery.id < before_id)
+        page = ids.order_by(Delivery.id.desc()).limit(limit).scalar_subquery()
+        return list(self.session.scalars(
+            select(Delivery).where(self._id_in(page)).order_by(Delivery.id.desc())))
+
+    def _id_in(self, ids: t.Any) -> ColumnElement[bool]:
+        """``id`` in the subquery ``ids``, written so PostgreSQL looks each id up by primary
+        key: ``= ANY(ARRAY(subquery))`` is an init plan, while ``IN (subquery)`` may be
+        hash-joined against a scan of the whole table."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return Delivery.id == any_(func.array(ids))
+        return Delivery.id.in_(ids)
 
     def prune_batches(self, *, older_than: dt.datetime,
                       batch_size: int = PRUNE_BATCH) -> t.Iterator[int]:
@@ -232,7 +249,7 @@ class DeliveryRepository:
                .where(text(FINAL_SQL), Delivery.created_at < older_than)
                .order_by(Delivery.created_at).limit(batch_size)
                .with_for_update(skip_locked=True))
-        stmt = (delete(Delivery).where(Delivery.id.in_(ids.scalar_subquery()), text(FINAL_SQL))
+        stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
                 .execution_options(synchronize_session=False))
         while True:
             deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
