@@ -191,6 +191,7 @@ def test_two_racing_callers_tell_once(engine: Engine, db: t.Any, first_commits: 
         for _ in range(500):
             waiting = int(db.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() "
                 "AND query LIKE 'INSERT INTO slack_admin_notices%'")).scalar_one())
             db.commit()
             if waiting:
