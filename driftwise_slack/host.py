@@ -9,7 +9,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import hashlib
 import typing as t
+
+#: Longest deduplication key (the width of ``slack_deliveries.dedupe_key``).
+DEDUPE_KEY_MAX = 255
 
 
 class Role(str, enum.Enum):
@@ -124,4 +128,23 @@ class ScanEvent:
 
     @property
     def dedupe_key(self) -> str:
-        return f"{self.type.value}:{self.org_id}:{self.schedule_id}:{self.run_id}"
+        """``type:org:schedule:run`` with ``%`` and ``:`` percent-encoded in each id, so no two
+        distinct events share a key however their ids look; ids without those characters give
+        the same keys as before. A key longer than :data:`DEDUPE_KEY_MAX`, or holding a
+        character a database may refuse (NUL, a lone surrogate), becomes ``sha256:<hex>`` of the
+        encoded key: as stable, still unambiguous, and never clipped into a collision."""
+        key = ":".join((self.type.value, *map(_escape_part,
+                                             (self.org_id, self.schedule_id, self.run_id))))
+        if len(key) <= DEDUPE_KEY_MAX and not any(_unstorable(c) for c in key):
+            return key
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"sha256:{digest}"
+
+
+def _escape_part(part: str) -> str:
+    # "%" first, so an id that already reads "%3A" stays distinct from one holding ":".
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+def _unstorable(char: str) -> bool:
+    return char == "\x00" or "\ud800" <= char <= "\udfff"

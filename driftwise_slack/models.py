@@ -10,7 +10,18 @@ import datetime as dt
 import enum
 import typing as t
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -118,14 +129,45 @@ class DeliveryStatus(str, enum.Enum):
         return self in (DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.FAILED)
 
 
+#: Statuses a delivery can still leave; the rest are final.
+UNFINISHED_STATUSES = tuple(s.value for s in DeliveryStatus if not s.final)
+#: Statuses a delivery never leaves.
+FINAL_STATUSES = tuple(s.value for s in DeliveryStatus if s.final)
+
+
+def status_sql(statuses: t.Iterable[str]) -> str:
+    """``status IN ('a', 'b')`` as literal SQL, for partial index predicates and the queries
+    they serve. Both PostgreSQL and SQLite use a partial index only when the query's predicate
+    implies the index's, which they prove on literals, never on bound parameters."""
+    values = list(statuses)
+    if not all(v.isidentifier() for v in values):
+        raise ValueError("statuses are plain identifiers")
+    return "status IN (" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+#: The predicate of the partial index over unfinished rows (what the sweeper reads).
+UNFINISHED_SQL = status_sql(UNFINISHED_STATUSES)
+#: The predicate of the partial index over finished rows (what cleanup deletes).
+FINAL_SQL = status_sql(FINAL_STATUSES)
+
+
 class Delivery(Base):
     """One notification for one scan event: the outbox row and the delivery ledger at once."""
 
     __tablename__ = "slack_deliveries"
     __table_args__ = (
+        # The two delivery lists (org-wide and per schedule), newest first by id.
+        Index("ix_slack_deliveries_org", "org_id", "id"),
         Index("ix_slack_deliveries_org_schedule", "org_id", "schedule_id", "id"),
-        Index("ix_slack_deliveries_status_lease", "status", "lease_until"),
-        Index("ix_slack_deliveries_created", "created_at"),
+        # The sweeper's scan: its cost follows the unfinished rows, not the history.
+        Index("ix_slack_deliveries_unfinished", "id",
+              postgresql_where=text(UNFINISHED_SQL), sqlite_where=text(UNFINISHED_SQL)),
+        # What is still waiting in one lane (org, channel), e.g. to decide on a digest.
+        Index("ix_slack_deliveries_lane_unfinished", "org_id", "channel", "id",
+              postgresql_where=text(UNFINISHED_SQL), sqlite_where=text(UNFINISHED_SQL)),
+        # Cleanup walks old finished rows oldest first, never touching unfinished ones.
+        Index("ix_slack_deliveries_finished_created", "created_at",
+              postgresql_where=text(FINAL_SQL), sqlite_where=text(FINAL_SQL)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -146,6 +188,10 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     team_id: Mapped[str | None] = mapped_column(String(32))
     slack_ts: Mapped[str | None] = mapped_column(String(32))
+    #: The parent message's ``ts`` when this went out as a reply in a thread.
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    #: True when this went out inside a digest message (``slack_ts`` is the digest's).
+    digest: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[str | None] = mapped_column(String(80))
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -162,3 +208,24 @@ class SeenEvent(Base):
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class AdminNotice(Base):
+    """When the host was last told about one (org, schedule, reason) problem.
+
+    ``delivery_id`` names the delivery that caused the last notice. It is no foreign key: cleanup
+    prunes deliveries, and a notice outlives the row it points to.
+    """
+
+    __tablename__ = "slack_admin_notices"
+    __table_args__ = (
+        UniqueConstraint("org_id", "schedule_id", "reason",
+                         name="uq_slack_admin_notices_org_schedule_reason"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    last_notified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    delivery_id: Mapped[int | None] = mapped_column(Integer)

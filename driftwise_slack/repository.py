@@ -1,17 +1,48 @@
 """Repositories over a ``Session`` passed in. Keyword-only lookups; no Flask; no commits.
 
-The use-cases in ``install.py``, ``dispatch.py`` and ``jobs.py`` own the transactions.
+The use-cases in ``install.py``, ``dispatch.py`` and ``jobs.py`` own the transactions. The one
+exception is cleanup: :meth:`DeliveryRepository.prune` commits after every batch so that no
+transaction holds more than one batch of deletions (see :meth:`DeliveryRepository.prune_batches`
+for the form that leaves each commit to the caller).
 """
 from __future__ import annotations
 
 import datetime as dt
 import typing as t
 
-from sqlalchemy import delete, exists, or_, select, text, update
+from sqlalchemy import any_, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
-from .models import Delivery, DeliveryStatus, Installation, RedeemedState, SeenEvent, utcnow
+from .models import (
+    FINAL_SQL,
+    UNFINISHED_SQL,
+    AdminNotice,
+    Delivery,
+    DeliveryStatus,
+    Installation,
+    RedeemedState,
+    SeenEvent,
+    utcnow,
+)
+
+#: Rows deleted per cleanup transaction: a few milliseconds of work and WAL each.
+PRUNE_BATCH = 2000
+#: How often one (org, schedule, reason) problem is told to the host's admins.
+NOTICE_INTERVAL = dt.timedelta(hours=24)
+
+
+def _dialect_insert(session: Session) -> t.Any:
+    """The dialect's ``insert`` construct with ``ON CONFLICT`` support, or ``None``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        return insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    return None
 
 
 class StateRepository:
@@ -98,11 +129,6 @@ class InstallationRepository:
         return int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
 
 
-#: Statuses a sweeper may pick up again once their lease has run out.
-_LEASED = (DeliveryStatus.PENDING.value, DeliveryStatus.QUEUED.value,
-           DeliveryStatus.SENDING.value)
-
-
 class DeliveryRepository:
     """Delivery rows: the outbox the dispatcher writes and the ledger the worker keeps."""
 
@@ -128,12 +154,8 @@ class DeliveryRepository:
         On PostgreSQL and SQLite this is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``;
         elsewhere it falls back to :meth:`add_unique`.
         """
-        dialect = self.session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        else:
+        insert = _dialect_insert(self.session)
+        if insert is None:
             added = self.add_unique(delivery)
             if added is None:
                 return None
@@ -173,29 +195,118 @@ class DeliveryRepository:
         self.session.commit()
 
     def due(self, *, now: dt.datetime, limit: int = 500) -> list[Delivery]:
-        """Rows nobody is looking after: never queued, or whose lease has lapsed."""
+        """Rows nobody is looking after: never queued, or whose lease has lapsed. Oldest first.
+
+        The status test is the literal predicate of ``ix_slack_deliveries_unfinished``, so the
+        scan reads unfinished rows only, however many finished ones the table holds.
+        """
         stmt = (select(Delivery)
-                .where(Delivery.status.in_(_LEASED),
+                .where(text(UNFINISHED_SQL),
                        or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
                 .order_by(Delivery.id).limit(limit))
         return list(self.session.scalars(stmt))
 
     def recent(self, *, org_id: str, schedule_id: str | None = None, before_id: int | None = None,
                limit: int = 20) -> list[Delivery]:
-        """Newest first, keyset-paginated by id."""
-        stmt = select(Delivery).where(Delivery.org_id == org_id)
-        if schedule_id is not None:
-            stmt = stmt.where(Delivery.schedule_id == schedule_id)
-        if before_id is not None:
-            stmt = stmt.where(Delivery.id < before_id)
-        return list(self.session.scalars(stmt.order_by(Delivery.id.desc()).limit(limit)))
+        """Newest first, keyset-paginated by id: the rows with ``id < before_id``.
 
-    def prune(self, *, older_than: dt.datetime) -> int:
-        """Delete final rows created before ``older_than``."""
-        final = [s.value for s in DeliveryStatus if s.final]
-        result = self.session.execute(delete(Delivery).where(
-            Delivery.created_at < older_than, Delivery.status.in_(final)))
-        return int(getattr(result, "rowcount", 0) or 0)
+        The page's ids come from an index-only read of ``(org_id, id)`` or ``(org_id,
+        schedule_id, id)``, then its rows by primary key. Asked for the rows directly, the
+        planner may walk the primary key backwards past every other org's newer rows when it
+        guesses this org's rows are spread evenly, which for an org gone quiet they are not.
+        """
+        ids = select(Delivery.id).where(Delivery.org_id == org_id)
+        if schedule_id is not None:
+            ids = ids.where(Delivery.schedule_id == schedule_id)
+        if before_id is not None:
+            ids = ids.where(Delivery.id < before_id)
+        page = ids.order_by(Delivery.id.desc()).limit(limit).scalar_subquery()
+        return list(self.session.scalars(
+            select(Delivery).where(self._id_in(page)).order_by(Delivery.id.desc())))
+
+    def _id_in(self, ids: t.Any) -> ColumnElement[bool]:
+        """``id`` in the subquery ``ids``, written so PostgreSQL looks each id up by primary
+        key: ``= ANY(ARRAY(subquery))`` is an init plan, while ``IN (subquery)`` may be
+        hash-joined against a scan of the whole table."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return Delivery.id == any_(func.array(ids))
+        return Delivery.id.in_(ids)
+
+    def prune_batches(self, *, older_than: dt.datetime,
+                      batch_size: int = PRUNE_BATCH) -> t.Iterator[int]:
+        """Delete final rows created before ``older_than``, oldest first, one batch per step.
+
+        Yields how many rows each batch deleted and stops after a short batch. It never commits:
+        the caller commits (or not) between steps, and each step's transaction holds one batch.
+        Unfinished rows are never touched, however old. On PostgreSQL rows another pruner is
+        deleting right now are skipped, so two cleanups at once do not wait on each other.
+
+        Raises ``ValueError`` for a ``batch_size`` below 1.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        ids = (select(Delivery.id)
+               .where(text(FINAL_SQL), Delivery.created_at < older_than)
+               .order_by(Delivery.created_at).limit(batch_size)
+               .with_for_update(skip_locked=True))
+        stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
+                .execution_options(synchronize_session=False))
+        while True:
+            deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+            yield deleted
+            if deleted < batch_size:
+                return
+
+    def prune_in_batches(self, *, older_than: dt.datetime, batch_size: int = PRUNE_BATCH,
+                         commit: t.Callable[[], None] | None = None) -> int:
+        """:meth:`prune_batches` with ``commit`` (default: this session's) after every batch.
+        Returns how many rows were deleted in all. Whatever the session held before is
+        committed with the first batch."""
+        commit = commit or self.session.commit
+        total = 0
+        for deleted in self.prune_batches(older_than=older_than, batch_size=batch_size):
+            commit()
+            total += deleted
+        return total
+
+    def prune(self, *, older_than: dt.datetime, batch_size: int = PRUNE_BATCH) -> int:
+        """Delete final rows created before ``older_than``; how many. Commits per batch (see
+        :meth:`prune_in_batches`)."""
+        return self.prune_in_batches(older_than=older_than, batch_size=batch_size)
+
+
+class AdminNoticeRepository:
+    """Telling a person about a delivery problem at most once per (org, schedule, reason)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def should_notify(self, *, org_id: str, schedule_id: str, reason: str, now: dt.datetime,
+                      every: dt.timedelta = NOTICE_INTERVAL,
+                      delivery_id: int | None = None) -> bool:
+        """True when this problem was not told in the ``every`` before ``now``, and record
+        ``now`` (and ``delivery_id``) as told. False otherwise, with nothing changed.
+
+        One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE last_notified_at <= now - every
+        RETURNING``: of two concurrent callers exactly one gets True (PostgreSQL makes the second
+        wait for the first's commit and re-checks; SQLite writes one at a time). The caller
+        commits. Raises ``ValueError`` for a naive ``now`` and ``RuntimeError`` on a database
+        other than PostgreSQL or SQLite.
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        insert = _dialect_insert(self.session)
+        if insert is None:
+            raise RuntimeError("admin notices need PostgreSQL or SQLite")
+        stmt = insert(AdminNotice).values(org_id=org_id, schedule_id=schedule_id, reason=reason,
+                                          last_notified_at=now, delivery_id=delivery_id)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["org_id", "schedule_id", "reason"],
+            set_={"last_notified_at": stmt.excluded.last_notified_at,
+                  "delivery_id": stmt.excluded.delivery_id},
+            where=AdminNotice.last_notified_at <= now - every,
+        ).returning(AdminNotice.id)
+        return self.session.execute(stmt).first() is not None
 
 
 class EventRepository:

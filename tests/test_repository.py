@@ -1,0 +1,233 @@
+"""Delivery cleanup in committed batches, admin notices told once per interval, and the due rows.
+
+Real PostgreSQL (the session's migrated test database, emptied per test).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import typing as t
+
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from driftwise_slack.config import normalize_database_url
+from driftwise_slack.models import FINAL_STATUSES, UNFINISHED_STATUSES
+from driftwise_slack.repository import AdminNoticeRepository, DeliveryRepository
+
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
+
+#: (status, age in days, rows): old and new, finished and not.
+MIX = [(status, age, 1_500) for status in FINAL_STATUSES for age in (40, 5)] + [
+    (status, age, 300) for status in UNFINISHED_STATUSES for age in (40, 5)]
+
+
+@pytest.fixture
+def engine(database_url: str, db: t.Any) -> t.Iterator[Engine]:
+    engine = create_engine(normalize_database_url(database_url))
+    yield engine
+    engine.dispose()
+
+
+def seed(db: t.Any, mix: list[tuple[str, int, int]]) -> None:
+    for status, age, rows in mix:
+        db.execute(text("""
+            INSERT INTO slack_deliveries (dedupe_key, org_id, event_type, schedule_id,
+                schedule_name, channel, run_id, error, consecutive_failures, occurred_at, status,
+                attempts, created_at, updated_at)
+            SELECT :status || ':' || :age || ':' || i, 'org-' || (i % 13), 'scheduled_scan_failed',
+                   's1', 'Nightly', '#alerts', 'r' || i, '', 1, ts, :status, 1, ts, ts
+            FROM generate_series(1, :rows) AS i,
+                 LATERAL (SELECT CAST(:now AS timestamptz) - make_interval(days => :age)
+                                 + i * interval '1 second') AS x(ts)"""),
+            {"status": status, "age": age, "rows": rows, "now": NOW})
+    db.commit()
+
+
+def counts(db: t.Any) -> dict[tuple[str, bool], int]:
+    """Rows by (status, older than 30 days)."""
+    db.commit()
+    rows = db.execute(text("SELECT status, created_at < :cutoff, count(*) FROM slack_deliveries "
+                           "GROUP BY 1, 2"), {"cutoff": NOW - dt.timedelta(days=30)})
+    return {(status, old): n for status, old, n in rows}
+
+
+def test_prune_deletes_only_old_finished_rows_in_committed_bounded_batches(
+        engine: Engine, db: t.Any) -> None:
+    seed(db, MIX)
+    before = counts(db)
+    old_finished = sum(n for (status, old), n in before.items() if old and status in FINAL_STATUSES)
+    assert old_finished == 4_500
+
+    deletes: list[int] = []
+    seen_by_others: list[int] = []
+
+    def count_deletes(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(cursor.rowcount)
+
+    with Session(engine) as session:
+        event.listen(engine, "after_cursor_execute", count_deletes)
+        try:
+            def commit() -> None:
+                session.commit()
+                # Another connection sees each batch gone as soon as it is committed.
+                seen_by_others.append(int(db.execute(text(
+                    "SELECT count(*) FROM slack_deliveries")).scalar_one()))
+                db.commit()
+
+            total = DeliveryRepository(session).prune_in_batches(
+                older_than=NOW - dt.timedelta(days=30), batch_size=1_000, commit=commit)
+        finally:
+            event.remove(engine, "after_cursor_execute", count_deletes)
+
+    assert total == old_finished
+    # Four full batches, one short one that ends it; each committed before the next began.
+    assert deletes == [1_000, 1_000, 1_000, 1_000, 500]
+    start = sum(before.values())
+    assert seen_by_others == [start - 1_000, start - 2_000, start - 3_000, start - 4_000,
+                              start - 4_500]
+    after = counts(db)
+    assert after == {key: n for key, n in before.items()
+                     if not (key[1] and key[0] in FINAL_STATUSES)}
+
+
+def test_prune_keeps_its_signature_and_total_for_housekeeping(engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 2_500), ("pending", 40, 10), ("failed", 1, 10)])
+    with Session(engine) as session:
+        pruned = DeliveryRepository(session).prune(older_than=NOW - dt.timedelta(days=30),
+                                                   batch_size=1_000)
+    # prune commits per batch itself: the deletions hold though the session never committed.
+    assert pruned == 2_500
+    assert counts(db) == {("pending", True): 10, ("failed", False): 10}
+
+
+def test_prune_batches_leaves_every_commit_to_the_caller(engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 30)])
+    with Session(engine) as session:
+        steps = list(DeliveryRepository(session).prune_batches(
+            older_than=NOW - dt.timedelta(days=30), batch_size=10))
+        session.rollback()
+    assert steps == [10, 10, 10, 0]
+    assert counts(db) == {("sent", True): 30}
+
+
+def test_two_cleanups_at_once_take_different_rows_without_waiting(
+        engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 30)])
+    cutoff = NOW - dt.timedelta(days=30)
+    with Session(engine) as first, Session(engine) as second:
+        mine = DeliveryRepository(first).prune_batches(older_than=cutoff, batch_size=10)
+        assert next(mine) == 10  # holds its ten rows, uncommitted
+        # A wait would hit the timeout and fail the test instead of hanging it.
+        second.execute(text("SET LOCAL lock_timeout = '5s'"))
+        theirs = DeliveryRepository(second).prune_batches(older_than=cutoff, batch_size=10)
+        assert next(theirs) == 10
+        second.commit()
+        first.commit()
+    assert counts(db) == {("sent", True): 10}
+
+
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_prune_refuses_a_batch_size_below_one(engine: Engine, batch_size: int) -> None:
+    with Session(engine) as session, pytest.raises(ValueError, match="batch_size"):
+        next(DeliveryRepository(session).prune_batches(older_than=NOW, batch_size=batch_size))
+
+
+def notify(session: Session, *, reason: str = "channel_not_found", schedule_id: str = "s1",
+           org_id: str = "org-1", now: dt.datetime = NOW, delivery_id: int | None = 7) -> bool:
+    told = AdminNoticeRepository(session).should_notify(
+        org_id=org_id, schedule_id=schedule_id, reason=reason, now=now, delivery_id=delivery_id)
+    session.commit()
+    return told
+
+
+def test_a_problem_is_told_once_per_org_schedule_and_reason_per_day(
+        engine: Engine, db: t.Any) -> None:
+    with Session(engine) as session:
+        assert notify(session) is True
+        assert notify(session) is False
+        assert notify(session, now=NOW + dt.timedelta(hours=23, minutes=59)) is False
+        assert notify(session, reason="is_archived") is True
+        assert notify(session, schedule_id="s2") is True
+        assert notify(session, org_id="org-2") is True
+        assert notify(session, now=NOW + dt.timedelta(hours=24), delivery_id=9) is True
+        assert notify(session, now=NOW + dt.timedelta(hours=25)) is False
+    rows = db.execute(text(
+        "SELECT org_id, schedule_id, reason, last_notified_at, delivery_id "
+        "FROM slack_admin_notices ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [
+        ("org-1", "s1", "channel_not_found", NOW + dt.timedelta(hours=24), 9),
+        ("org-1", "s1", "is_archived", NOW, 7),
+        ("org-1", "s2", "channel_not_found", NOW, 7),
+        ("org-2", "s1", "channel_not_found", NOW, 7),
+    ]
+
+
+def test_a_naive_time_is_refused(engine: Engine) -> None:
+    with Session(engine) as session, pytest.raises(ValueError, match="timezone"):
+        notify(session, now=NOW.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize("first_commits, second_told", [(True, False), (False, True)])
+def test_two_racing_callers_tell_once(engine: Engine, db: t.Any, first_commits: bool,
+                                      second_told: bool) -> None:
+    """The second caller waits on the first's uncommitted row, then decides on what it wrote."""
+    results: list[bool] = []
+    with Session(engine) as first:
+        assert AdminNoticeRepository(first).should_notify(
+            org_id="org-1", schedule_id="s1", reason="not_in_channel", now=NOW) is True
+        def race() -> None:
+            with Session(engine) as second:
+                results.append(notify(second, reason="not_in_channel",
+                                      now=NOW + dt.timedelta(seconds=1)))
+
+        racer = threading.Thread(target=race)
+        racer.start()
+        # Let the racer reach the unique index and block on the first's row.
+        waiting = 0
+        for _ in range(500):
+            waiting = int(db.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() "
+                "AND query LIKE 'INSERT INTO slack_admin_notices%'")).scalar_one())
+            db.commit()
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+        assert waiting == 1
+        if first_commits:
+            first.commit()
+        else:
+            first.rollback()
+        racer.join(timeout=30)
+    assert results == [second_told]
+    assert db.execute(text("SELECT count(*) FROM slack_admin_notices")).scalar_one() == 1
+
+
+def insert_delivery(db: t.Any, key: str, status: str, lease: str | None) -> int:
+    return int(db.execute(text(f"""
+        INSERT INTO slack_deliveries (dedupe_key, org_id, event_type, schedule_id, schedule_name,
+            run_id, error, consecutive_failures, occurred_at, status, attempts, lease_until,
+            created_at, updated_at)
+        VALUES (:key, 'org-1', 'scheduled_scan_failed', 's1', 'n', 'r', '', 1, now(), :status,
+            0, {lease or 'NULL'}, now(), now()) RETURNING id"""),
+        {"key": key, "status": status}).scalar_one())
+
+
+def test_due_returns_unattended_unfinished_rows_oldest_first(engine: Engine, db: t.Any) -> None:
+    expected = []
+    for status in (*FINAL_STATUSES, *UNFINISHED_STATUSES):
+        for lease in (None, "now() - interval '1 minute'", "now() + interval '1 hour'"):
+            row_id = insert_delivery(db, f"{status}-{lease}", status, lease)
+            if status in UNFINISHED_STATUSES and (lease is None or "-" in lease):
+                expected.append(row_id)
+    db.commit()
+    with Session(engine) as session:
+        due = DeliveryRepository(session).due(now=dt.datetime.now(dt.timezone.utc))
+        assert [row.id for row in due] == expected
+        assert all(row.digest is False and row.thread_ts is None for row in due)
+        assert [row.id for row in DeliveryRepository(session).due(
+            now=dt.datetime.now(dt.timezone.utc), limit=2)] == expected[:2]
