@@ -190,17 +190,6 @@ def test_a_list_page_reads_one_page_of_its_index(engine: Engine, org_id: str,
     assert page["Actual Rows"] == plan["Actual Rows"] == expected > 0
 
 
-def test_the_quiet_org_is_the_case_a_plain_query_gets_wrong(engine: Engine) -> None:
-    """Why ``recent`` reads ids first: asked directly, the planner walks the primary key."""
-    with engine.connect() as conn:
-        [[[explained]]] = conn.execute(text(
-            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM slack_deliveries "
-            "WHERE org_id = 'big-org' ORDER BY id DESC LIMIT 20")).all()
-    plan = explained["Plan"]
-    assert ("Index Scan", "pk_slack_deliveries") in scans(plan)
-    assert removed_by_filter(plan) > ROWS // 4
-
-
 def test_a_cleanup_batch_reads_old_finished_rows_by_index(engine: Engine) -> None:
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=100)
     sent = capture(engine, lambda repo: next(repo.prune_batches(older_than=cutoff,
