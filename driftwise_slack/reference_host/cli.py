@@ -25,8 +25,8 @@ from .models import (
     Schedule,
     User,
 )
+from .runtime import get_host as get_state
 from .scans import record_failed_scan, record_succeeded_scan
-from .state import get_state
 
 #: Shape of an org slug: lower-case letters, digits and dashes.
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
