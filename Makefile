@@ -57,6 +57,8 @@ test: venv system-deps
 	exit $$rc
 
 demo: venv
+	@echo "==> Installing the demo extra (fakeredis for the in-process queue)"
+	@$(PIP) install --quiet -e '.[demo]'
 	@echo "==> Starting the demo (reference host + local Slack emulator); Ctrl-C stops it"
 	@$(PY) -m driftwise_slack.reference_host.demo
 
