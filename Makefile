@@ -57,6 +57,8 @@ test: venv system-deps
 	exit $$rc
 
 demo: venv
+	@echo "==> Installing the demo extra (fakeredis for the in-process queue)"
+	@$(PIP) install --quiet -e '.[demo]'
 	@echo "==> Starting the demo (reference host + local Slack emulator); Ctrl-C stops it"
 	@$(PY) -m driftwise_slack.reference_host.demo
 
@@ -67,7 +69,7 @@ bench: venv service-deps
 lint: venv
 	@echo "==> ruff"
 	@$(PY) -m ruff check --line-length 100 --select E4,E7,E9,E501,F,W,B,I \
-	    --config 'lint.isort.known-first-party=["driftwise_slack","services","processes","factories","delivery_helpers","browser","benchmarks"]' \
+	    --config 'lint.isort.known-first-party=["driftwise_slack","services","processes","factories","delivery_helpers","browser","benchmarks","message_checks"]' \
 	    driftwise_slack tests
 	@echo "==> mypy (strict, settings in setup.cfg)"
 	@$(PY) -m mypy

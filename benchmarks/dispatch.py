@@ -13,10 +13,11 @@ NUMBER = 4
 TITLE = "Dispatch cost on the host's side"
 
 METHOD = """\
-In the benchmark process, inside an app context of the reference host, `dispatch(state, event)`
-is called for N fresh scheduled-scan failures one after the other (round-robin over 20 orgs × 4
-channels), each in its own transaction as the host's `fail-scan` does: a delivery row inserted and
-committed in PostgreSQL, then the RQ job enqueued in Redis. Each call is timed
+In the benchmark process, inside an app context of the reference host,
+`dispatch(runtime.deps(), event)` is called for N fresh scheduled-scan failures one after the
+other (round-robin over 20 orgs × 4 channels), each in its own transaction as the host's
+`fail-scan` does: a delivery row inserted and committed in PostgreSQL, then the RQ job enqueued
+in Redis. Each call is timed
 (`perf_counter`); throughput = N / the sum. No worker runs meanwhile.
 
 - **baseline**: `Queue.enqueue_many` of N jobs with the same function, arguments and options, in
@@ -124,13 +125,13 @@ def _enqueue_single(bench: Bench, n: int) -> float:
 
 def _rows_only(bench: Bench, n: int) -> float:
     from driftwise_slack.dispatch import build_delivery
-    from driftwise_slack.extension import get_state
     from driftwise_slack.models import Delivery, utcnow
+    from driftwise_slack.runtime import get_runtime
 
     events = [bench.event(org, channel) for org, channel in bench.spread(n)]
     columns = [c.key for c in Delivery.__table__.columns if c.key != "id"]
     with bench.app.app_context():
-        engine = get_state(bench.app).engine
+        engine = get_runtime(bench.app).engine
         table = t.cast(t.Any, Delivery.__table__)
         start = time.perf_counter()
         for event in events:
@@ -143,16 +144,16 @@ def _rows_only(bench: Bench, n: int) -> float:
 
 def _profile(bench: Bench, n: int) -> str:
     from driftwise_slack.dispatch import dispatch
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
     bench.clean()
     events = [bench.event(org, channel) for org, channel in bench.spread(n)]
     prof = profiling.profiler()
     with bench.app.app_context():
-        state = get_state(bench.app)
+        runtime = get_runtime(bench.app)
         prof.start()
         for event in events:
-            dispatch(state, event)
+            dispatch(runtime.deps(), event)
         prof.stop()
     bench.clean()
     return profiling.summarize(prof, per=n, unit="dispatch", units="dispatches")

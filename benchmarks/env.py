@@ -30,14 +30,13 @@ import services
 from processes import Gunicorn, ManagedProcess, RQWorker, _gunicorn_isolation_args
 
 from . import emulator as emu
+from . import jobs
+from .jobs import ERROR_TEXT
 
 #: The queue of the package (kept literal so a refactor of the package cannot silently move it).
 QUEUE = "driftwise_slack"
 #: A channel rate so high that pacing never holds a post back (throughput benchmarks).
 UNPACED = "100000 per second"
-#: The scanner error every benchmark notification carries.
-ERROR_TEXT = ("AccessDenied: User arn:aws:iam::123456789012:role/driftwise-scan is not "
-              "authorized to perform s3:ListBucket on arn:aws:s3:::prod-logs <@here> & co")
 #: Final delivery statuses.
 FINAL = ("sent", "skipped", "failed")
 
@@ -191,8 +190,6 @@ class Bench:
 
         connection = Redis.from_url(self.redis_url)
         before = connection.scard("rq:workers")
-        from . import jobs
-
         env = {jobs.MESSAGE_ENV: json.dumps(jobs.message()), **(env or {})}
         kwargs: dict[str, t.Any] = {"env": self.env(**env), "log_dir": self.scratch}
         if args is not None:
@@ -290,24 +287,25 @@ class Bench:
     def dispatch(self, events: t.Iterable[t.Any]) -> list[float]:
         """Dispatch each event in-process (own transaction each); returns each call's seconds."""
         from driftwise_slack.dispatch import dispatch
-        from driftwise_slack.extension import get_state
+        from driftwise_slack.runtime import get_runtime
 
         durations: list[float] = []
         with self.app.app_context():
-            state = get_state(self.app)
+            runtime = get_runtime(self.app)
             for event in events:
                 start = time.perf_counter()
-                dispatch(state, event)
+                # What SlackIntegration.dispatch does: one Deps per call, then the use-case.
+                dispatch(runtime.deps(), event)
                 durations.append(time.perf_counter() - start)
         return durations
 
     def bot_token(self, org: Org) -> str:
         """The org's bot token, decrypted with the app's vault (for the baselines only)."""
-        from driftwise_slack.extension import get_state
+        from driftwise_slack.runtime import get_runtime
 
         row = self.sql("SELECT token_sealed FROM slack_installations WHERE org_id = :org",
                        org=org.id)[0]
-        token: str = get_state(self.app).vault.open(row[0], org_id=org.id, team_id=org.team)
+        token: str = get_runtime(self.app).vault.open(row[0], org_id=org.id, team_id=org.team)
         return token
 
     def queue_bulk(self, pairs: t.Sequence[tuple[Org, str]], *, batch: int = 500) -> None:
@@ -315,19 +313,20 @@ class Bench:
         per host transaction, each job queued after its commit. Faster than one transaction per
         event (the dispatch benchmark times that case) and uses nothing but the package's API."""
         from driftwise_slack.dispatch import dispatch
-        from driftwise_slack.extension import get_state
+        from driftwise_slack.runtime import get_runtime
 
         with self.app.app_context():
-            state = get_state(self.app)
-            session = state.session()
+            runtime = get_runtime(self.app)
+            session = runtime.session()
             try:
                 for i, (org, channel) in enumerate(pairs, 1):
-                    dispatch(state, self.event(org, channel), session=session)
+                    dispatch(runtime.deps(session), self.event(org, channel),
+                             in_caller_transaction=True)
                     if i % batch == 0:
                         session.commit()
                 session.commit()
             finally:
-                state.remove_session()
+                runtime.remove_session()
 
     def redis(self) -> t.Any:
         from redis import Redis
@@ -338,9 +337,9 @@ class Bench:
         import sqlalchemy as sa
 
         with self.app.app_context():
-            from driftwise_slack.extension import get_state
+            from driftwise_slack.runtime import get_runtime
 
-            with get_state(self.app).engine.begin() as conn:
+            with get_runtime(self.app).engine.begin() as conn:
                 result = conn.execute(sa.text(statement), params)
                 return list(result) if result.returns_rows else []
 
@@ -383,11 +382,11 @@ class Bench:
             except Exception as exc:  # noqa: BLE001  (keep stopping the others)
                 print(f"could not stop {proc.name}: {exc}", file=sys.stderr)
         try:
-            from driftwise_slack.extension import get_state
-            from driftwise_slack.reference_host.state import get_state as host_state
+            from driftwise_slack.reference_host.runtime import get_host as host_state
+            from driftwise_slack.runtime import get_runtime
 
             with self.app.app_context():
-                get_state(self.app).engine.dispose()
+                get_runtime(self.app).engine.dispose()
                 host_state().db.dispose()
         except Exception as exc:  # noqa: BLE001  (the database is dropped with FORCE anyway)
             print(f"could not close the app's connections: {exc}", file=sys.stderr)

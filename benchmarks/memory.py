@@ -121,18 +121,18 @@ def _in_process(bench: Bench, n: int) -> tuple[int, int]:
     import psutil
     from rq import Queue, SimpleWorker
 
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
     bench.clean()
     bench.queue_bulk(bench.spread(n))
     me = psutil.Process()
     with bench.app.app_context():
-        state = get_state(bench.app)
-        queue = Queue(QUEUE, connection=state.redis)
-        SimpleWorker([queue], connection=state.redis).work(
+        runtime = get_runtime(bench.app)
+        queue = Queue(QUEUE, connection=runtime.redis)
+        SimpleWorker([queue], connection=runtime.redis).work(
             burst=True, logging_level="WARNING", max_jobs=n // 4)
         before = me.memory_info().rss
-        SimpleWorker([queue], connection=state.redis).work(burst=True, logging_level="WARNING")
+        SimpleWorker([queue], connection=runtime.redis).work(burst=True, logging_level="WARNING")
         after = me.memory_info().rss
     if bench.statuses().get("sent") != n:
         raise RuntimeError(f"in-process check: expected {n} sent, got {bench.statuses()}")

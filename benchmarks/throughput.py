@@ -145,15 +145,15 @@ def _profile(bench: Bench, n: int, tokens: dict[str, str]) -> str:
     """Profile ``n`` deliveries and ``n`` bare jobs on an in-process SimpleWorker (burst)."""
     from rq import Queue, SimpleWorker
 
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
     bench.clean()
     bench.queue_bulk(bench.spread(n))
     prof = profiling.profiler()
     with bench.app.app_context():
-        state = get_state(bench.app)
-        queue = Queue(QUEUE, connection=state.redis)
-        worker = SimpleWorker([queue], connection=state.redis)
+        runtime = get_runtime(bench.app)
+        queue = Queue(QUEUE, connection=runtime.redis)
+        worker = SimpleWorker([queue], connection=runtime.redis)
         start = time.perf_counter()
         prof.start()
         worker.work(burst=True, logging_level="WARNING")

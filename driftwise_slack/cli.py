@@ -1,6 +1,7 @@
 """The ``slack`` command group: ``worker``, ``requeue``, ``cleanup`` and ``rotate-keys``.
 
-Every command prints one JSON object on stdout.
+Every command prints one JSON object on stdout. Commands are entry points: each finds the app's
+runtime and hands the use-case its collaborators.
 """
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import typing as t
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
-from .extension import get_state
+from .rotation import rotate_tokens
+from .runtime import get_runtime
+from .worker import housekeeping, run_worker, sweep
 
 slack_cli = AppGroup("slack", help="DriftWise Slack integration.")
 
@@ -22,32 +26,24 @@ def _print(obj: t.Mapping[str, t.Any]) -> None:
 @slack_cli.command("rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored token with the current DRIFTWISE_ENCRYPTION_KEY."""
-    from .rotation import rotate_tokens
-
-    state = get_state()
-    _print(rotate_tokens(state.deps()))
+    _print(rotate_tokens(get_runtime().deps()))
 
 
 @slack_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (tests, cron).")
 def worker(burst: bool) -> None:
     """Run the RQ worker (with the scheduler) that delivers notifications."""
-    from .worker import run_worker
-
-    _print(run_worker(get_state(), burst=burst))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    _print(run_worker(app, get_runtime(app).deps, burst=burst))
 
 
 @slack_cli.command("requeue")
 def requeue() -> None:
     """Queue every delivery that nobody is looking after (e.g. Redis was down at dispatch)."""
-    from .worker import sweep
-
-    _print(sweep(get_state()))
+    _print(sweep(get_runtime().deps()))
 
 
 @slack_cli.command("cleanup")
 def cleanup() -> None:
     """Purge redeemed OAuth nonces and seen events, and prune old delivery rows."""
-    from .worker import housekeeping
-
-    _print(housekeeping(get_state()))
+    _print(housekeeping(get_runtime().deps()))

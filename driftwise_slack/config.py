@@ -1,7 +1,8 @@
 """Configuration: the names of SPEC §2, their defaults, and the one ``Settings`` value.
 
 Each name is looked up in ``app.config`` first, then in the environment, then here. Everything is
-read once, in ``init_app``, and passed down as :class:`Settings`.
+read once, in ``init_app``, and passed down as :class:`Settings`. Options of the host (its base
+URL, proxies, the auto-disable threshold) are not the package's: the host reads those itself.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ DEFAULT_SETTINGS_URL = "/settings"
 DEFAULT_STATE_MAX_AGE = 600
 #: flask-limiter limit for the callback, per source IP.
 DEFAULT_CALLBACK_RATE_LIMIT = "10 per minute"
-#: Consecutive scheduled-scan failures before the reference host disables a schedule.
-DEFAULT_DISABLE_AFTER = 3
 #: Messages per channel that we allow ourselves to post (Slack allows about one a second).
 DEFAULT_CHANNEL_RATE = "1 per second"
 #: Seconds before a Slack call gives up; below gunicorn's 30 s worker timeout.
@@ -74,14 +73,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri",
            "flask-limiter storage; must be shared (Redis) with several workers/hosts",
            "`REDIS_URL` if set, else `memory://`"),
-    Option("DRIFTWISE_DISABLE_AFTER", "disable_after",
-           "consecutive scheduled-scan failures before a schedule is disabled",
-           str(DEFAULT_DISABLE_AFTER)),
-    Option("DRIFTWISE_TRUSTED_PROXIES", "trusted_proxies",
-           "number of reverse proxies in front of the app whose X-Forwarded-For is trusted",
-           "0: X-Forwarded-For ignored"),
-    Option("DRIFTWISE_BASE_URL", "base_url", "public base URL of DriftWise, for links in messages",
-           "the request's host (CLI/worker: http://localhost:5000)"),
     Option("SLACK_CHANNEL_RATE", "channel_rate",
            "how fast we post to one channel (a `limits` string)", DEFAULT_CHANNEL_RATE),
     Option("SLACK_TIMEOUT", "slack_timeout", "seconds before a Slack call gives up",
@@ -129,12 +120,6 @@ class Settings:
     callback_rate_limit: str = DEFAULT_CALLBACK_RATE_LIMIT
     #: ``RATELIMIT_STORAGE_URI``
     ratelimit_storage_uri: str = "memory://"
-    #: ``DRIFTWISE_DISABLE_AFTER``
-    disable_after: int = DEFAULT_DISABLE_AFTER
-    #: ``DRIFTWISE_TRUSTED_PROXIES``
-    trusted_proxies: int = 0
-    #: ``DRIFTWISE_BASE_URL``
-    base_url: str | None = None
     #: ``SLACK_CHANNEL_RATE``
     channel_rate: str = DEFAULT_CHANNEL_RATE
     #: ``SLACK_TIMEOUT`` in seconds.
@@ -255,11 +240,6 @@ def load_settings(
                               minimum=1),
         callback_rate_limit=str(raw["callback_rate_limit"] or DEFAULT_CALLBACK_RATE_LIMIT),
         ratelimit_storage_uri=str(raw["ratelimit_storage_uri"] or redis_url or "memory://"),
-        disable_after=parse_int("DRIFTWISE_DISABLE_AFTER",
-                              raw["disable_after"] or DEFAULT_DISABLE_AFTER, minimum=1),
-        trusted_proxies=parse_int("DRIFTWISE_TRUSTED_PROXIES", raw["trusted_proxies"] or 0,
-                                minimum=0),
-        base_url=(str(raw["base_url"]).rstrip("/") if raw["base_url"] else None),
         channel_rate=str(raw["channel_rate"] or DEFAULT_CHANNEL_RATE),
         slack_timeout=timeout,
         bot_name=str(raw["bot_name"] or DEFAULT_BOT_NAME),

@@ -1,6 +1,9 @@
 """The collaborators a use-case needs, handed over as one value.
 
-The extension builds one per request (or per job) from its per-app state; tests build their own.
+Every use-case (install, events, the Settings actions, dispatch, delivery, the sweeper, token
+refresh, key rotation) receives a :class:`Deps` and nothing else: no use-case looks anything up.
+Entry points (views, CLI commands, the RQ job function) build one per request or job from the
+per-app :class:`~driftwise_slack.runtime.Runtime`; tests build their own from parts.
 """
 from __future__ import annotations
 
@@ -11,17 +14,23 @@ import typing as t
 from .config import Settings
 from .host import HostAdapter
 from .models import utcnow
+from .oauth_state import StateSigner
+from .pacing import ChannelPacer
 from .slack_api import SlackClient
-from .state import StateSigner
 from .vault import TokenVault
 
 if t.TYPE_CHECKING:
+    from redis import Redis
+    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
 
 @dataclasses.dataclass
 class Deps:
-    """Settings, the host, a database session, and the crypto and Slack helpers."""
+    """Settings, the host, a database session, the crypto and Slack helpers, and delivery's
+    collaborators (the queue's Redis, the channel pacer, the engine for out-of-transaction
+    writes). The delivery parts are optional so that a request-only test need not invent them;
+    asking for a missing one raises ``RuntimeError``."""
 
     settings: Settings
     host: HostAdapter
@@ -30,3 +39,34 @@ class Deps:
     vault: TokenVault
     slack: SlackClient
     clock: t.Callable[[], dt.datetime] = utcnow
+    #: Returns the queue's Redis connection; called on use, so a request that queues nothing
+    #: never starts the demo's embedded fakeredis.
+    connect: t.Callable[[], Redis] | None = None
+    #: The process's per-channel pacer (its demo storage lives in process memory).
+    channel_pacer: ChannelPacer | None = None
+    #: The engine, for writes that must not wait for (or join) the session's transaction.
+    write_engine: Engine | None = None
+    #: Whether this process may put jobs on the queue now. False only in the zero-install demo
+    #: when the embedded queue's worker lives in another process (e.g. the CLI): rows are then
+    #: left ``pending`` for that process's sweeper.
+    can_enqueue: bool = True
+
+    def redis(self) -> Redis:
+        """The queue's Redis connection (real, or the demo's embedded fakeredis)."""
+        if self.connect is None:
+            raise RuntimeError("These Deps carry no Redis connection.")
+        return self.connect()
+
+    @property
+    def pacer(self) -> ChannelPacer:
+        """The per-channel pacer of this process."""
+        if self.channel_pacer is None:
+            raise RuntimeError("These Deps carry no channel pacer.")
+        return self.channel_pacer
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for a short write outside the session's transaction."""
+        if self.write_engine is None:
+            raise RuntimeError("These Deps carry no engine.")
+        return self.write_engine

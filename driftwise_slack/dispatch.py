@@ -16,13 +16,13 @@ from sqlalchemy import update
 
 from .host import ScanEvent
 from .models import Delivery, DeliveryStatus, utcnow
-from .queue import enqueue_delivery, get_queue, lane_of, new_job_id
+from .queue import enqueue_delivery, get_queue, job_id_for
 from .repository import DeliveryRepository
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .extension import _State
+    from .deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -51,75 +51,76 @@ def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
     return row
 
 
-def dispatch(state: _State, event: ScanEvent, *, session: Session | None = None) -> None:
+def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = False) -> None:
     """Accept ``event``. Never raises for a Redis outage; the delivery row is the promise.
 
-    With ``session``, the row joins the caller's transaction and the job is queued only after
-    that transaction commits. Event types that are not sent to Slack are ignored.
+    With ``in_caller_transaction``, the row joins the transaction of ``deps.session`` (the
+    caller's) and the job is queued only after that transaction commits; otherwise this commits
+    the row itself. Event types that are not sent to Slack are ignored.
     """
     if not event.type.notifies:
         log.debug("event %s is not sent to Slack", event.type.value)
         return
-    own = session is None
-    db = state.session() if own else session
-    assert db is not None
+    db = deps.session
     row = build_delivery(event, now=utcnow())
     queued = row.status == DeliveryStatus.QUEUED.value
-    if queued and not state.settings.redis_url and not state.embedded_worker_running:
+    if queued and not deps.can_enqueue:
         # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
         # leave the row to that process's sweeper rather than to our private fakeredis.
         row.status, row.lease_until, queued = DeliveryStatus.PENDING.value, None, False
-    job_id = row.job_id = new_job_id(None, lane_of(row.org_id, row.channel)) if queued else None
+    job_id = row.job_id = (job_id_for(None, org_id=row.org_id, channel=row.channel)
+                           if queued else None)
     # One statement: the insert, the dedupe and the new id (no select-then-insert race).
     delivery_id = DeliveryRepository(db).insert_unique(row)
     if delivery_id is None:
         log.info("duplicate event %s ignored", event.dedupe_key)
         return
     if not queued or job_id is None:
-        if own:
+        if not in_caller_transaction:
             db.commit()
         return
-    if own:
+    if not in_caller_transaction:
         db.commit()
-        enqueue_after_commit(state, delivery_id, job_id)
+        enqueue_after_commit(deps, delivery_id, job_id)
     else:
-        _enqueue_when_committed(state, db, delivery_id, job_id)
+        _enqueue_when_committed(deps, delivery_id, job_id)
 
 
 _PENDING = "driftwise_slack.pending_enqueues"
 
 
-def _enqueue_when_committed(state: _State, db: Session, delivery_id: int, job_id: str) -> None:
+def _enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str) -> None:
     """Queue after the caller's commit; forget it if the caller rolls back instead."""
-    db.info.setdefault(_PENDING, []).append((state, delivery_id, job_id))
+    db = deps.session
+    db.info.setdefault(_PENDING, []).append((deps, delivery_id, job_id))
     if not sa_event.contains(db, "after_commit", _drain):
         sa_event.listen(db, "after_commit", _drain)
         sa_event.listen(db, "after_rollback", _discard)
 
 
 def _drain(db: Session) -> None:
-    for state, delivery_id, job_id in db.info.pop(_PENDING, []):
-        enqueue_after_commit(state, delivery_id, job_id)
+    for deps, delivery_id, job_id in db.info.pop(_PENDING, []):
+        enqueue_after_commit(deps, delivery_id, job_id)
 
 
 def _discard(db: Session) -> None:
     db.info.pop(_PENDING, None)
 
 
-def enqueue_after_commit(state: _State, delivery_id: int, job_id: str) -> None:
+def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str) -> None:
     """Queue the committed row; on a Redis outage mark it ``pending`` for the sweeper."""
     try:
-        enqueue_delivery(get_queue(state.redis), delivery_id, job_id=job_id)
+        enqueue_delivery(get_queue(deps.redis()), delivery_id, job_id=job_id)
     except RedisError as exc:
         log.error("could not queue delivery %s (%s); the sweeper will retry", delivery_id,
                   type(exc).__name__)
-        _mark_pending(state, delivery_id)
+        _mark_pending(deps, delivery_id)
 
 
-def _mark_pending(state: _State, delivery_id: int) -> None:
+def _mark_pending(deps: Deps, delivery_id: int) -> None:
     """Hand the row to the sweeper now; if even that fails, its lease runs out in a minute."""
     try:
-        with state.engine.begin() as conn:
+        with deps.engine.begin() as conn:
             conn.execute(update(Delivery).where(Delivery.id == delivery_id,
                                                 Delivery.status == DeliveryStatus.QUEUED.value)
                          .values(status=DeliveryStatus.PENDING.value, lease_until=None,

@@ -16,9 +16,9 @@ import logging
 import re
 import typing as t
 
+from .access import write_audit
 from .errors import BadRequest, InvalidSignature, PayloadTooLarge
 from .host import AuditEvent
-from .install import write_audit
 from .repository import EventRepository, InstallationRepository
 
 if t.TYPE_CHECKING:

@@ -1,7 +1,8 @@
 """Installation use-cases: start, complete (the OAuth callback), status and uninstall.
 
-Each runs the checks of SPEC §3 in the spec's order, takes its collaborators as a
-:class:`~driftwise_slack.deps.Deps`, and owns its commit. None of them touches Flask.
+Each runs the checks of SPEC §3 in the spec's order (with the guards of
+:mod:`driftwise_slack.access`), takes its collaborators as a :class:`~driftwise_slack.deps.Deps`,
+and owns its commit. None of them touches Flask.
 """
 from __future__ import annotations
 
@@ -11,29 +12,27 @@ import logging
 import typing as t
 from urllib.parse import urlencode
 
+from .access import require_caller, require_manager, require_member, require_plan, write_audit
 from .config import SCOPES
 from .deps import Deps
 from .errors import (
-    AccessDenied,
     BadRequest,
     Cancelled,
     ExchangeFailed,
     InstallRefused,
     InvalidState,
     NotInstalled,
-    PaymentRequired,
-    PlanCheckFailed,
     SlackApiError,
     StorageFailed,
-    Unauthenticated,
     Unavailable,
     VaultError,
 )
-from .host import AuditEvent, Caller, HostAdapter, Plan, Role
+from .host import AuditEvent, Caller
 from .models import Installation
+from .oauth_state import IssuedState, VerifiedState
 from .repository import InstallationRepository, StateRepository
 from .slack_api import OAuthAccess
-from .state import IssuedState, VerifiedState
+from .tokens import expires_at
 
 log = logging.getLogger(__name__)
 
@@ -63,33 +62,6 @@ class CompletedInstall:
     cookie_name: str = ""
 
 
-def require_caller(caller: Caller | None) -> Caller:
-    """The caller, or :class:`Unauthenticated` (401)."""
-    if caller is None:
-        raise Unauthenticated()
-    return caller
-
-
-def require_manager(host: HostAdapter, *, org_id: str, user_id: str) -> Role:
-    """The member's role when it is owner or admin, else :class:`AccessDenied` (403)."""
-    role = host.role_of(org_id=org_id, user_id=user_id)
-    if role is None or not role.can_manage:
-        raise AccessDenied()
-    return role
-
-
-def require_plan(host: HostAdapter, org_id: str) -> Plan:
-    """Fail closed: an error while asking for the plan is a 503, never a pass."""
-    try:
-        plan = host.plan_of(org_id)
-    except Exception:
-        log.exception("plan lookup failed for org %s", org_id)
-        raise PlanCheckFailed() from None
-    if plan is None or not plan.allows_slack:
-        raise PaymentRequired()
-    return plan
-
-
 def start_install(deps: Deps, caller: Caller | None, *, redirect_uri: str) -> StartedInstall:
     """POST .../install: 401, 503 unavailable, 403 role, 402 plan, then the authorize URL."""
     caller = require_caller(caller)
@@ -107,12 +79,12 @@ def start_install(deps: Deps, caller: Caller | None, *, redirect_uri: str) -> St
 def _redeem(deps: Deps, params: CallbackParams,
             cookies: t.Mapping[str, str]) -> VerifiedState:
     verified = deps.signer.verify(params.state, cookies)
-    expires_at = dt.datetime.fromtimestamp(verified.issued_at, dt.timezone.utc) + dt.timedelta(
+    forget_after = dt.datetime.fromtimestamp(verified.issued_at, dt.timezone.utc) + dt.timedelta(
         seconds=deps.signer.max_age + 60)
     # Committed at once, on its own: a second callback with this state must fail even while
     # this one is still waiting on Slack, and must keep failing if this one fails later.
     redeemed = StateRepository(deps.session).redeem(
-        nonce=verified.nonce, org_id=verified.org_id, expires_at=expires_at)
+        nonce=verified.nonce, org_id=verified.org_id, expires_at=forget_after)
     deps.session.commit()
     if not redeemed:
         raise InvalidState("This Slack connection link was used already. "
@@ -186,8 +158,7 @@ def _store(deps: Deps, *, org_id: str, user_id: str, access: OAuthAccess) -> Com
     row.refresh_sealed = (deps.vault.seal(access.refresh_token, org_id=org_id,
                                           team_id=access.team_id, field="refresh_token")
                           if access.refresh_token else None)
-    row.token_expires_at = (now + dt.timedelta(seconds=access.expires_in)
-                            if access.expires_in else None)
+    row.token_expires_at = expires_at(now, access.expires_in)
     repo.add(row)
     return CompletedInstall(team_id=access.team_id, team_name=row.team_name, reinstall=reinstall)
 
@@ -235,20 +206,10 @@ def complete_install(deps: Deps, params: CallbackParams, cookies: t.Mapping[str,
     return dataclasses.replace(done, cookie_name=verified.cookie_name)
 
 
-def write_audit(host: HostAdapter, event: AuditEvent) -> None:
-    """Hand ``event`` to the host. A failing audit log is logged (ids only), never raised:
-    the action it records has already been committed."""
-    try:
-        host.write_audit(event)
-    except Exception:
-        log.exception("writing audit event %s for org %s failed", event.action, event.org_id)
-
-
 def get_status(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
     """GET .../status: one of the three shapes of SPEC §3, for any member."""
     caller = require_caller(caller)
-    if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
-        raise AccessDenied("You are not a member of this organization.")
+    require_member(deps.host, caller)
     if not deps.settings.available:
         return {"installed": False, "available": False}
     row = InstallationRepository(deps.session).active(org_id=caller.org_id)

@@ -271,3 +271,16 @@ def _is_web_link(link: str | None) -> t.TypeGuard[str]:
 
 def _context() -> dict[str, t.Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": _FOOTER}]}
+
+
+def channel_advice(error: str, channel: str, bot_name: str) -> str:
+    """What a person should do about Slack's channel ``error`` for ``channel``, in words."""
+    if error == "not_in_channel":
+        return (f"The DriftWise bot is not in {channel}. Invite it with /invite @{bot_name} "
+                "in that channel, then send a test message from Settings.")
+    if error == "channel_not_found":
+        return (f"Slack cannot find the channel {channel}. Check the channel on this schedule "
+                f"(a private channel needs /invite @{bot_name} first).")
+    if error == "is_archived":
+        return f"The channel {channel} is archived. Pick another channel for this schedule."
+    return f"Slack refused to post in {channel} ({error}). Check the channel's settings."

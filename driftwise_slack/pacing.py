@@ -16,7 +16,7 @@ from limits.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
 if t.TYPE_CHECKING:
-    from .extension import _State
+    from redis import Redis
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,27 @@ MIN_WAIT = 0.05
 _HOLD_PREFIX = "driftwise_slack:hold:"
 
 
-def _storage(state: _State) -> Storage:
-    cached = getattr(state, "_pacing_storage", None)
-    if cached is None:
-        url = state.settings.redis_url
-        cached = RedisStorage(url, key_prefix="driftwise_slack_pace") if url else MemoryStorage()
-        state._pacing_storage = cached  # type: ignore[attr-defined]
-    return t.cast(Storage, cached)
-
-
 class ChannelPacer:
-    """Decides whether a post to (workspace, channel) may go now, or how long to wait."""
+    """Decides whether a post to (workspace, channel) may go now, or how long to wait.
 
-    def __init__(self, state: _State) -> None:
-        self.state = state
-        self.item = parse(state.settings.channel_rate)
+    ``connect`` returns the queue's Redis (holds live there); ``redis_url`` selects the moving
+    window's storage (``None``: process memory, the embedded demo); ``rate`` is a ``limits``
+    string such as ``"1 per second"``. Nothing connects before the first use.
+    """
+
+    def __init__(self, *, connect: t.Callable[[], Redis], redis_url: str | None,
+                 rate: str) -> None:
+        self._connect = connect
+        self._redis_url = redis_url
+        self._storage: Storage | None = None
+        self.item = parse(rate)
+
+    def _window(self) -> MovingWindowRateLimiter:
+        if self._storage is None:
+            url = self._redis_url
+            self._storage = (RedisStorage(url, key_prefix="driftwise_slack_pace") if url
+                             else MemoryStorage())
+        return MovingWindowRateLimiter(self._storage)
 
     def _hold_key(self, scope: str, channel: str) -> str:
         return f"{_HOLD_PREFIX}{scope}:{channel}"
@@ -47,10 +53,10 @@ class ChannelPacer:
     def wait_for(self, *, team_id: str, channel: str) -> float:
         """0 when a slot was taken for a post now; otherwise seconds to wait before asking again."""
         try:
-            held_ms = self.state.redis.pttl(self._hold_key(team_id, channel))
+            held_ms = self._connect().pttl(self._hold_key(team_id, channel))
             if held_ms and held_ms > 0:
                 return max(MIN_WAIT, held_ms / 1000)
-            limiter = MovingWindowRateLimiter(_storage(self.state))
+            limiter = self._window()
             if limiter.hit(self.item, team_id, channel):
                 return 0.0
             stats = limiter.get_window_stats(self.item, team_id, channel)
@@ -62,7 +68,7 @@ class ChannelPacer:
     def held(self, *, scope: str, channel: str) -> float:
         """Seconds left on a hold of (``scope``, ``channel``); 0 when there is none."""
         try:
-            held_ms = self.state.redis.pttl(self._hold_key(scope, channel))
+            held_ms = self._connect().pttl(self._hold_key(scope, channel))
         except RedisError:
             return 0.0
         return held_ms / 1000 if held_ms and held_ms > 0 else 0.0
@@ -71,7 +77,7 @@ class ChannelPacer:
         """Slack said 429 for this channel: nobody posts there for ``seconds``. ``scope`` is the
         workspace (team id), or ``org:<id>`` for the early check a job makes before any lookup."""
         try:
-            self.state.redis.set(self._hold_key(scope, channel), "1",
-                                 px=max(1, int(seconds * 1000)))
+            self._connect().set(self._hold_key(scope, channel), "1",
+                                px=max(1, int(seconds * 1000)))
         except RedisError as exc:
             log.warning("could not record a rate-limit hold (%s)", type(exc).__name__)

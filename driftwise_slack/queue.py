@@ -56,12 +56,15 @@ def lane_of(org_id: str, channel: str | None) -> str:
     return hashlib.sha256(f"{org_id}|{channel or ''}".encode()).hexdigest()[:10]
 
 
-def new_job_id(delivery_id: int | None, lane: str) -> str:
-    """Each (re)enqueue gets its own id, remembered on the delivery row, and names its lane so a
-    rate-limited lane's jobs can be found in the queue. The first enqueue is decided before the
-    row has an id (one INSERT does it all), so it says ``new``."""
+def job_id_for(delivery_id: int | None, *, org_id: str, channel: str | None) -> str:
+    """The id of one (re)enqueue of a delivery: the only place job ids are made.
+
+    Each (re)enqueue gets its own id, remembered on the delivery row, and names its lane (see
+    :func:`lane_of`) so a rate-limited lane's jobs can be found in the queue. The first enqueue
+    is decided before the row has an id (one INSERT does it all), so it says ``new``.
+    """
     number = "new" if delivery_id is None else delivery_id
-    return f"dwslack-{lane}-{number}-{uuid.uuid4().hex[:8]}"
+    return f"dwslack-{lane_of(org_id, channel)}-{number}-{uuid.uuid4().hex[:8]}"
 
 
 def park_lane(queue: Queue, lane: str, until: dt.datetime) -> int:

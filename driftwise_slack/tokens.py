@@ -1,4 +1,5 @@
-"""The bot token for a post: decrypted in memory only, refreshed first when Slack rotates it.
+"""Bot tokens: expiry arithmetic, opening (refreshed first when Slack rotates them), and
+invalidation when Slack says a token is dead.
 
 With token rotation the token expires (12 h at Slack). Within two hours of expiry the worker
 refreshes it under a row lock, so two workers never refresh one installation at once: the loser
@@ -15,12 +16,20 @@ from .models import Installation, utcnow
 from .repository import InstallationRepository
 
 if t.TYPE_CHECKING:
-    from .extension import _State
+    from .deps import Deps
 
 log = logging.getLogger(__name__)
 
 #: Refresh when the token expires within this window.
 REFRESH_WINDOW = dt.timedelta(hours=2)
+#: Longest invalidation reason kept (the width of ``slack_installations.invalid_reason``).
+MAX_REASON = 64
+
+
+def expires_at(now: dt.datetime, expires_in: int | None) -> dt.datetime | None:
+    """When a token Slack issued at ``now`` with ``expires_in`` seconds expires; ``None`` for a
+    token that does not expire (no rotation)."""
+    return now + dt.timedelta(seconds=expires_in) if expires_in else None
 
 
 def _due(row: Installation, now: dt.datetime) -> bool:
@@ -28,18 +37,28 @@ def _due(row: Installation, now: dt.datetime) -> bool:
                 and row.token_expires_at - now <= REFRESH_WINDOW)
 
 
-def usable_token(state: _State, row: Installation) -> str:
-    """The plaintext bot token of ``row``, refreshed first when it is about to expire.
+def invalidate_workspace(deps: Deps, team_id: str, reason: str) -> int:
+    """Slack refused a workspace's token: every org holding that workspace shares it, so mark
+    them all invalid (their orgs must reconnect). Returns how many rows changed; the caller
+    commits."""
+    count = InstallationRepository(deps.session).invalidate_team(
+        team_id=team_id, reason=reason[:MAX_REASON], now=deps.clock())
+    log.warning("workspace %s: %s installation(s) marked invalid (%s)", team_id, count, reason)
+    return count
+
+
+def refresh_if_due_and_open(deps: Deps, row: Installation) -> str:
+    """The plaintext bot token of ``row``; when it expires soon, first refresh it at Slack and
+    commit the new token (the session's transaction is committed in that case).
 
     Raises :class:`VaultError` when it cannot be decrypted, :class:`DeadToken` when Slack refuses
-    the refresh (the installation is then marked invalid), other ``SlackApiError`` when Slack
-    cannot be reached for a needed refresh.
+    the refresh, other ``SlackApiError`` when Slack cannot be reached for a needed refresh.
     """
-    vault = state.vault
+    vault = deps.vault
     now = utcnow()
     if not _due(row, now):
         return vault.open(row.token_sealed, org_id=row.org_id, team_id=row.team_id)
-    session = state.session()
+    session = deps.session
     session.commit()  # start a fresh transaction for the lock
     locked = InstallationRepository(session).get(installation_id=row.id, for_update=True)
     if locked is None:
@@ -51,13 +70,13 @@ def usable_token(state: _State, row: Installation) -> str:
         token = vault.open(locked.token_sealed, org_id=locked.org_id, team_id=locked.team_id)
         session.commit()
         return token
-    settings = state.settings
+    settings = deps.settings
     refresh = vault.open(t.cast(str, locked.refresh_sealed), org_id=locked.org_id,
                          team_id=locked.team_id, field="refresh_token")
     try:
-        access = state.slack.oauth_v2_access(client_id=settings.client_id or "",
-                                             client_secret=settings.client_secret or "",
-                                             refresh_token=refresh)
+        access = deps.slack.oauth_v2_access(client_id=settings.client_id or "",
+                                            client_secret=settings.client_secret or "",
+                                            refresh_token=refresh)
     except Exception:  # DeadToken, transient errors: release the lock, let the caller decide
         session.rollback()
         raise
@@ -66,9 +85,7 @@ def usable_token(state: _State, row: Installation) -> str:
     if access.refresh_token:
         locked.refresh_sealed = vault.seal(access.refresh_token, org_id=locked.org_id,
                                            team_id=locked.team_id, field="refresh_token")
-    locked.token_expires_at = (now + dt.timedelta(seconds=access.expires_in)
-                               if access.expires_in else None)
+    locked.token_expires_at = expires_at(now, access.expires_in)
     session.commit()
     log.info("installation %s: bot token refreshed", locked.id)
     return access.access_token
-

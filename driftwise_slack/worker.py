@@ -19,13 +19,16 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from .models import DeliveryStatus, utcnow
-from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, lane_of, new_job_id
+from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, job_id_for
 from .repository import DeliveryRepository, EventRepository, StateRepository
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .extension import _State
+    from .deps import Deps
+
+#: Builds the collaborators of one sweep or job run, in the calling thread (its own session).
+DepsFactory = t.Callable[[], "Deps"]
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +42,21 @@ LEASE_EXTENSION = dt.timedelta(seconds=60)
 SEEN_EVENT_RETENTION = dt.timedelta(days=1)
 
 
-def sweep(state: _State) -> dict[str, int]:
+def sweep(deps: Deps) -> dict[str, int]:
     """Queue every unattended delivery row once. Safe to run from several processes at once:
-    a duplicate job finds its row already claimed and does nothing."""
-    session = state.session()
+    a duplicate job finds its row already claimed and does nothing. Closes the session."""
+    session = deps.session
     now = utcnow()
     requeued = extended = 0
     try:
-        connection = state.redis
+        connection = deps.redis()
         queue = get_queue(connection)
         for row in DeliveryRepository(session).due(now=now):
             if row.status == DeliveryStatus.QUEUED.value and job_alive(connection, row.job_id):
                 row.lease_until = now + LEASE_EXTENSION
                 extended += 1
                 continue
-            row.job_id = new_job_id(row.id, lane_of(row.org_id, row.channel))
+            row.job_id = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
             row.status = DeliveryStatus.QUEUED.value
             row.lease_until = now + LEASE_EXTENSION
             session.commit()
@@ -70,15 +73,16 @@ def sweep(state: _State) -> dict[str, int]:
     return {"requeued": requeued, "extended": extended}
 
 
-def housekeeping(state: _State) -> dict[str, int]:
-    """Purge expired OAuth nonces and old event ids; prune deliveries past retention."""
-    session = state.session()
+def housekeeping(deps: Deps) -> dict[str, int]:
+    """Purge expired OAuth nonces and old event ids; prune deliveries past retention.
+    Closes the session."""
+    session = deps.session
     now = utcnow()
     try:
         nonces = StateRepository(session).purge_expired(now=now)
         events = EventRepository(session).purge(older_than=now - SEEN_EVENT_RETENTION)
         pruned = DeliveryRepository(session).prune(
-            older_than=now - dt.timedelta(days=state.settings.delivery_retention_days))
+            older_than=now - dt.timedelta(days=deps.settings.delivery_retention_days))
         session.commit()
     finally:
         session.close()
@@ -88,9 +92,9 @@ def housekeeping(state: _State) -> dict[str, int]:
 class _Sweeper(threading.Thread):
     """Background sweeps (and housekeeping) inside the worker's app context."""
 
-    def __init__(self, app: Flask, state: _State, interval: float) -> None:
+    def __init__(self, app: Flask, make_deps: DepsFactory, interval: float) -> None:
         super().__init__(name="driftwise-slack-sweeper", daemon=True)
-        self.app, self.state, self.interval = app, state, interval
+        self.app, self.make_deps, self.interval = app, make_deps, interval
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -98,27 +102,31 @@ class _Sweeper(threading.Thread):
         while not self.stopped.wait(self.interval):
             with self.app.app_context():
                 try:
-                    sweep(self.state)
+                    deps = self.make_deps()
+                    sweep(deps)
                     if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
-                        housekeeping(self.state)
+                        housekeeping(deps)
                         last_housekeeping = time.monotonic()
                 except Exception:
                     log.exception("sweeper run failed; trying again in %ss", self.interval)
 
 
-def run_worker(state: _State, *, burst: bool = False) -> dict[str, t.Any]:
-    """Run until stopped (or, with ``burst``, until the queue is empty). Needs ``REDIS_URL``."""
-    from flask import current_app
+def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> dict[str, t.Any]:
+    """Run until stopped (or, with ``burst``, until the queue is empty). Needs ``REDIS_URL``.
 
-    if not state.settings.redis_url:
+    Called inside ``app``'s context: jobs run in this thread and find the runtime there; the
+    sweeper thread enters its own context of ``app``. Raises ``SystemExit`` without Redis.
+    """
+    deps = make_deps()
+    if not deps.settings.redis_url:
         raise SystemExit("REDIS_URL is not set: the worker needs Redis. (Without Redis, the "
                          "demo runs an embedded worker inside the web process.)")
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    sweep(state)
-    sweeper = _Sweeper(app, state, SWEEP_INTERVAL)
+    connection = deps.redis()
+    sweep(deps)
+    sweeper = _Sweeper(app, make_deps, SWEEP_INTERVAL)
     if not burst:
         sweeper.start()
-    worker = SimpleWorker([get_queue(state.redis)], connection=state.redis)
+    worker = SimpleWorker([get_queue(connection)], connection=connection)
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
@@ -135,12 +143,13 @@ class _ThreadWorker(SimpleWorker):
         pass
 
 
-def start_embedded(app: Flask, state: _State, *, interval: float = 0.5) -> threading.Event:
+def start_embedded(app: Flask, make_deps: DepsFactory, *,
+                   interval: float = 0.5) -> threading.Event:
     """Start the demo's in-process worker thread (no Redis: fakeredis). Returns a stop event."""
     stop = threading.Event()
 
     def loop() -> None:
-        connection = state.redis
+        connection = make_deps().redis()
         queue = get_queue(connection)
         scheduler = RQScheduler([QUEUE_NAME], connection=connection)
         scheduler.prepare_registries([QUEUE_NAME])
@@ -148,7 +157,7 @@ def start_embedded(app: Flask, state: _State, *, interval: float = 0.5) -> threa
         while not stop.wait(interval):
             with app.app_context():
                 try:
-                    sweep(state)
+                    sweep(make_deps())
                     scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
                     worker.work(burst=True, logging_level="WARNING")
                 except Exception:

@@ -116,9 +116,9 @@ def config(database_url: str, redis_url: str, slack: EmulatorClient) -> dict[str
 def make_app(config: dict[str, t.Any], db: t.Any, redis: redis_lib.Redis
              ) -> t.Iterator[t.Callable[..., t.Any]]:
     """Build a reference host with the test config, plus any overrides."""
-    from driftwise_slack.extension import get_state
     from driftwise_slack.reference_host import create_app
-    from driftwise_slack.reference_host.state import get_state as host_state
+    from driftwise_slack.reference_host.runtime import get_host as host_state
+    from driftwise_slack.runtime import get_runtime
 
     built: list[t.Any] = []
 
@@ -129,7 +129,7 @@ def make_app(config: dict[str, t.Any], db: t.Any, redis: redis_lib.Redis
 
     yield build
     for app in built:   # close pools now, not whenever the garbage collector gets to them
-        get_state(app).engine.dispose()
+        get_runtime(app).engine.dispose()
         host_state(app).db.dispose()
 
 

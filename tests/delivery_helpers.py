@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
-from driftwise_slack.extension import get_state
 from driftwise_slack.models import DeliveryStatus
 from driftwise_slack.queue import QUEUE_NAME, get_queue
+from driftwise_slack.runtime import get_runtime
 from factories import ACME, GLOBEX, ApiActions
 
 #: The channel each seeded workspace's schedules notify by default.
@@ -111,7 +111,7 @@ def all_final(db: sa.Connection) -> bool:
 def bot_token(app: t.Any, db: sa.Connection, org_id: int | str) -> str:
     """The live bot token of ``org_id``'s installation, decrypted with the app's own vault."""
     row = next(r for r in installations(db) if r["org_id"] == str(org_id))
-    return get_state(app).vault.open(row["token_sealed"], org_id=row["org_id"],
+    return get_runtime(app).vault.open(row["token_sealed"], org_id=row["org_id"],
                                      team_id=row["team_id"])
 
 
@@ -121,7 +121,7 @@ def bot_token(app: t.Any, db: sa.Connection, org_id: int | str) -> str:
 def work(app: t.Any) -> None:
     """One burst of an in-process worker: due scheduled jobs first, then the queue until empty."""
     with app.app_context():
-        connection = get_state(app).redis
+        connection = get_runtime(app).redis
         worker = SimpleWorker([get_queue(connection)], connection=connection)
         worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
 
@@ -140,7 +140,7 @@ def drain(app: t.Any, db: sa.Connection, *, timeout: float = 15.0) -> list[dict[
 
 def scheduled(app: t.Any) -> list[tuple[str, float]]:
     """``(job_id, epoch seconds)`` of every job waiting in the scheduler."""
-    connection = get_state(app).redis
+    connection = get_runtime(app).redis
     registry = ScheduledJobRegistry(QUEUE_NAME, connection=connection)
     return [(job_id.decode() if isinstance(job_id, bytes) else job_id, score)
             for job_id, score in connection.zrange(registry.key, 0, -1, withscores=True)]
@@ -148,7 +148,7 @@ def scheduled(app: t.Any) -> list[tuple[str, float]]:
 
 def fire_scheduled(app: t.Any) -> int:
     """Make every scheduled job due now (time travel for retries); returns how many there were."""
-    connection = get_state(app).redis
+    connection = get_runtime(app).redis
     registry = ScheduledJobRegistry(QUEUE_NAME, connection=connection)
     jobs = connection.zrange(registry.key, 0, -1)
     if jobs:

@@ -227,9 +227,9 @@ def test_plan_lookup_failure_fails_closed(actions: ApiActions, slack: EmulatorCl
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     token = actions.owner()
     location = consented(actions, token)
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
-    host = get_state(actions.app).host
+    host = get_runtime(actions.app).host
 
     def broken(org_id: str) -> t.NoReturn:
         raise TimeoutError("billing service timed out")

@@ -8,16 +8,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from message_checks import (
-    DATE_TOKEN,
-    INJECTIONS,
-    assert_inert,
-    assert_within_limits,
-    buttons,
-    texts,
-    untrusted,
-    width,
-)
 
 from driftwise_slack import conversation
 from driftwise_slack.conversation import (
@@ -31,6 +21,16 @@ from driftwise_slack.conversation import (
     streak_reply,
 )
 from driftwise_slack.messages import SlackMessage, schedule_disabled
+from message_checks import (
+    DATE_TOKEN,
+    INJECTIONS,
+    assert_inert,
+    assert_within_limits,
+    buttons,
+    texts,
+    untrusted,
+    width,
+)
 
 FIRST = datetime(2026, 11, 27, 10, 41, tzinfo=timezone.utc)
 LAST = FIRST + timedelta(hours=2)

@@ -30,7 +30,7 @@ from delivery_helpers import (
     wait_for,
     work,
 )
-from driftwise_slack import jobs
+from driftwise_slack import delivery as use_case
 from factories import ACME, GLOBEX, EmulatorClient
 
 
@@ -201,11 +201,11 @@ def test_a_rate_limited_channels_backlog_leaves_the_queue_at_once(
     for _ in range(25):
         fail_scan(actions, acme_schedule)
     fail_scan(actions, globex_schedule)
-    from driftwise_slack.extension import get_state
     from driftwise_slack.queue import get_queue
+    from driftwise_slack.runtime import get_runtime
 
     with app.app_context():
-        queue = get_queue(get_state(app).redis)
+        queue = get_queue(get_runtime(app).redis)
         acme_jobs = queue.count - 1   # 25 failures and the auto-disable notice
         assert acme_jobs == 26
         job = queue.dequeue_any([queue], None, connection=queue.connection)
@@ -224,7 +224,7 @@ def test_a_rate_limited_channels_backlog_leaves_the_queue_at_once(
 def test_server_errors_are_retried_with_backoff_then_failed(
         actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(use_case, "MAX_ATTEMPTS", 3)
     connect(actions)
     fail_scan(actions, schedule(actions))
     slack.fault(method="chat.postMessage", mode="http_status", status=500)
@@ -248,22 +248,22 @@ def test_server_errors_are_retried_with_backoff_then_failed(
     assert scheduled(app) == []
     # backoff(n) lies in [base * 2**(n-1) / 2, base * 2**(n-1)], rounded up to a whole second
     # (plus the moments the attempt itself took).
-    assert jobs.BACKOFF_BASE / 2 <= waits[0] <= jobs.BACKOFF_BASE + 2
-    assert jobs.BACKOFF_BASE <= waits[1] <= 2 * jobs.BACKOFF_BASE + 2
+    assert use_case.BACKOFF_BASE / 2 <= waits[0] <= use_case.BACKOFF_BASE + 2
+    assert use_case.BACKOFF_BASE <= waits[1] <= 2 * use_case.BACKOFF_BASE + 2
 
 
 def test_plan_lookup_failure_fails_closed_then_gives_up(
         actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(use_case, "MAX_ATTEMPTS", 2)
     connect(actions)
     fail_scan(actions, schedule(actions))
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
     def billing_down(org_id: str) -> t.NoReturn:
         raise TimeoutError("billing service timed out")
 
-    monkeypatch.setattr(get_state(app).host, "plan_of", billing_down)
+    monkeypatch.setattr(get_runtime(app).host, "plan_of", billing_down)
     work(app)
     row = only_delivery(db)
     assert (row["status"], row["reason"]) == ("queued",

@@ -12,10 +12,10 @@ from rq.job import Job
 
 import services
 from delivery_helpers import connect, deliveries, drain, fail_scan, installations, schedule, work
-from driftwise_slack.extension import get_state
 from driftwise_slack.host import EventType, ScanEvent
 from driftwise_slack.queue import get_queue
 from driftwise_slack.reference_host.integration import slack as extension
+from driftwise_slack.runtime import get_runtime
 from factories import ApiActions, EmulatorClient
 
 
@@ -27,7 +27,7 @@ def event(org_id: str, kind: EventType = EventType.SCHEDULED_SCAN_FAILED, *,
 
 
 def queued_job_ids(app: t.Any) -> list[str]:
-    return t.cast(list[str], get_queue(get_state(app).redis).job_ids)
+    return t.cast(list[str], get_queue(get_runtime(app).redis).job_ids)
 
 
 @pytest.mark.parametrize("kind", [EventType.ADHOC_SCAN_FAILED, EventType.SCAN_SUCCEEDED,
@@ -58,7 +58,7 @@ def test_the_same_event_twice_is_one_row_and_one_post(
     [row] = deliveries(db)
     assert row["dedupe_key"] == f"scheduled_scan_failed:{org_id}:42:run-1"
     assert queued_job_ids(app) == [row["job_id"]]
-    job = Job.fetch(row["job_id"], connection=get_state(app).redis)
+    job = Job.fetch(row["job_id"], connection=get_runtime(app).redis)
     assert (job.func_name, job.args, job.kwargs) == ("driftwise_slack.jobs.deliver",
                                                      (row["id"],), {})
 

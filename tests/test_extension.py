@@ -7,8 +7,8 @@ import pytest
 from flask import Flask
 
 from driftwise_slack import ConfigurationError, SlackIntegration
-from driftwise_slack.extension import get_state
 from driftwise_slack.host import AuditEvent, Caller, Plan, Role
+from driftwise_slack.runtime import get_runtime
 
 KEY = "x" * 40
 
@@ -50,7 +50,7 @@ def test_two_apps_keep_their_own_state(tmp_path: t.Any) -> None:
     ext.init_app(two, host=FakeHost())
     assert ext.settings(one).available and not ext.settings(two).available
     assert ext.settings(two).settings_url == "/elsewhere"
-    assert get_state(one) is not get_state(two)
+    assert get_runtime(one) is not get_runtime(two)
     assert one.config["SLACK_SETTINGS_URL"] == "/settings"        # effective value written back
     assert "DRIFTWISE_ENCRYPTION_KEY" in one.config
     assert "SLACK_CLIENT_SECRET" in one.config
@@ -79,7 +79,7 @@ def test_host_must_implement_the_adapter(tmp_path: t.Any) -> None:
     ({"DRIFTWISE_ENCRYPTION_KEY": "short"}, "too short"),
     ({"DRIFTWISE_ENCRYPTION_KEYS_OLD": "tiny"}, "DRIFTWISE_ENCRYPTION_KEYS_OLD"),
     ({"SLACK_STATE_MAX_AGE": "ten"}, "SLACK_STATE_MAX_AGE"),
-    ({"DRIFTWISE_DISABLE_AFTER": "0"}, "DRIFTWISE_DISABLE_AFTER"),
+    ({"DRIFTWISE_DELIVERY_RETENTION_DAYS": "0"}, "DRIFTWISE_DELIVERY_RETENTION_DAYS"),
 ])
 def test_bad_configuration_fails_fast(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch,
                                       config: dict[str, t.Any], message: str) -> None:
@@ -130,7 +130,7 @@ def test_migrations_on_sqlite_are_idempotent(tmp_path: t.Any) -> None:
         ext.init_db()
         from sqlalchemy import inspect
 
-        tables = set(inspect(get_state(app).engine).get_table_names())
+        tables = set(inspect(get_runtime(app).engine).get_table_names())
     assert {"slack_installations", "slack_deliveries", "slack_redeemed_states",
             "driftwise_slack_alembic_version"} <= tables
     assert "alembic_version" not in tables

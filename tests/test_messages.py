@@ -7,6 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from driftwise_slack import messages
+from driftwise_slack.messages import SlackMessage, escape, scan_failed, schedule_disabled
 from message_checks import (
     DATE_TOKEN,
     INJECTIONS,
@@ -16,9 +19,6 @@ from message_checks import (
     texts,
     untrusted,
 )
-
-from driftwise_slack import messages
-from driftwise_slack.messages import SlackMessage, escape, scan_failed, schedule_disabled
 
 WHEN = datetime(2026, 11, 27, 10, 41, tzinfo=timezone.utc)
 LINK = "https://app.driftwise.example/schedules/42"

@@ -7,14 +7,14 @@ import os
 import typing as t
 
 import pytest
-import services
-from factories import ENCRYPTION_KEY
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
+import services
 from driftwise_slack import migrations
 from driftwise_slack.config import normalize_database_url
 from driftwise_slack.reference_host import create_app
+from factories import ENCRYPTION_KEY
 
 DELIVERY = """
 INSERT INTO slack_deliveries (dedupe_key, org_id, event_type, schedule_id, schedule_name, channel,

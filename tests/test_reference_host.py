@@ -28,11 +28,11 @@ from driftwise_slack.keys import derive
 from driftwise_slack.reference_host import ReferenceHostAdapter, create_app
 from driftwise_slack.reference_host.auth import hash_token
 from driftwise_slack.reference_host.models import Base, ScanRun, Schedule
+from driftwise_slack.reference_host.runtime import get_host
 from driftwise_slack.reference_host.scans import (
     record_failed_scan,
     record_succeeded_scan,
 )
-from driftwise_slack.reference_host.state import get_state
 
 KEY = "reference-host-test-key-0123456789abcdef"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -72,7 +72,7 @@ def app(tmp_path: t.Any) -> Flask:
     app = make_app(tmp_path)
     ok(app, "init-db")
     yield app
-    get_state(app).db.dispose()
+    get_host(app).db.dispose()
 
 
 @pytest.fixture()
@@ -124,7 +124,7 @@ def test_cli_happy_path(app: Flask) -> None:
     assert ok(app, "audit", "acme") == {"events": []}
     assert ok(app, "remove-member", "acme", "ann@acme.test") == {"removed": True}
     with app.app_context():
-        channels = get_state().db.session.scalars(
+        channels = get_host().db.session.scalars(
             sa.select(Schedule.notify_slack_channel).order_by(Schedule.id)).all()
     assert channels == ["#alerts", None]
 
@@ -169,7 +169,7 @@ def test_add_user_again_issues_another_token(app: Flask, seeded: dict[str, t.Any
 
 
 def test_audit_lists_events_oldest_first(app: Flask, seeded: dict[str, t.Any]) -> None:
-    adapter = ReferenceHostAdapter(get_state(app).db)
+    adapter = ReferenceHostAdapter(get_host(app).db)
     now = dt.datetime.now(dt.timezone.utc)
     with app.app_context():
         adapter.write_audit(AuditEvent(action="slack.uninstalled", org_id="1", user_id="1",
@@ -194,7 +194,7 @@ def test_fail_scan_disables_at_the_default_threshold(app: Flask, seeded: dict[st
     assert [(o["consecutive_failures"], o["disabled"]) for o in outcomes] == [
         (1, False), (2, False), (3, True), (4, True)]
     with app.app_context():
-        session = get_state().db.session
+        session = get_host().db.session
         schedule = session.get(Schedule, int(sid))
         assert schedule is not None and not schedule.enabled
         assert schedule.disabled_at is not None and schedule.disabled_at.tzinfo is not None
@@ -218,7 +218,7 @@ def test_fail_scan_threshold_is_configurable(tmp_path: t.Any, monkeypatch: pytes
     assert ok(app, "fail-scan", "1")["disabled"] is False
     assert ok(app, "fail-scan", "1") == {"schedule_id": 1, "consecutive_failures": 2,
                                          "disabled": True}
-    get_state(app).db.dispose()
+    get_host(app).db.dispose()
 
 
 def test_succeed_scan_resets_the_count_but_does_not_re_enable(
@@ -238,7 +238,7 @@ def test_succeed_scan_resets_the_count_but_does_not_re_enable(
 def test_record_failed_scan_dispatches_events(app: Flask, seeded: dict[str, t.Any]) -> None:
     events: list[ScanEvent] = []
     with app.app_context():
-        session = get_state().db.session
+        session = get_host().db.session
         schedule = session.get(Schedule, seeded["schedule_id"])
         assert schedule is not None
         outcomes = [record_failed_scan(session, schedule, "  timeout  ", disable_after=2,
@@ -263,7 +263,7 @@ def test_a_failing_dispatch_rolls_the_run_back(app: Flask, seeded: dict[str, t.A
         raise RuntimeError("queue down")
 
     with app.app_context():
-        session = get_state().db.session
+        session = get_host().db.session
         schedule = session.get(Schedule, seeded["schedule_id"])
         assert schedule is not None
         with pytest.raises(RuntimeError):
@@ -299,7 +299,7 @@ def test_me_with_a_token(app: Flask, seeded: dict[str, t.Any]) -> None:
 
 def test_tokens_are_stored_hashed_only(app: Flask, seeded: dict[str, t.Any]) -> None:
     tokens = [p["token"] for p in seeded["people"].values()]
-    with get_state(app).db.engine.connect() as conn:
+    with get_host(app).db.engine.connect() as conn:
         dump = repr([conn.execute(sa.select(table)).all() for table in Base.metadata.sorted_tables])
     for token in tokens:
         assert token not in dump
@@ -441,7 +441,7 @@ def test_settings_flash_never_echoes_the_query(app: Flask, seeded: dict[str, t.A
 # ---- the adapter ----------------------------------------------------------------------------
 
 def test_adapter(app: Flask, seeded: dict[str, t.Any]) -> None:
-    adapter = ReferenceHostAdapter(get_state(app).db)
+    adapter = ReferenceHostAdapter(get_host(app).db)
     assert isinstance(adapter, HostAdapter)
     owner_id = str(seeded["people"]["owner"]["user_id"])
     member_id = str(seeded["people"]["member"]["user_id"])
@@ -466,7 +466,7 @@ def test_adapter(app: Flask, seeded: dict[str, t.Any]) -> None:
         assert adapter.current_caller() == Caller(org_id="1", user_id=owner_id)
         assert adapter.schedule_url(org_id="1", schedule_id="7") == (
             "http://dw.example.test:8080/schedules/7")
-    configured = ReferenceHostAdapter(get_state(app).db, base_url="https://dw.example.test")
+    configured = ReferenceHostAdapter(get_host(app).db, base_url="https://dw.example.test")
     with app.test_request_context("/"):
         assert configured.schedule_url(org_id="1", schedule_id="7") == (
             "https://dw.example.test/schedules/7")
@@ -489,6 +489,19 @@ def test_secret_key_in_demo_mode_and_without_a_key(tmp_path: t.Any) -> None:
                    instance_path=str(tmp_path / "prod"))
 
 
+@pytest.mark.parametrize("name,value", [
+    ("DRIFTWISE_DISABLE_AFTER", "0"),
+    ("DRIFTWISE_DISABLE_AFTER", "three"),
+    ("DRIFTWISE_TRUSTED_PROXIES", "-1"),
+])
+def test_host_options_are_read_by_the_host_and_fail_fast(tmp_path: t.Any, name: str,
+                                                         value: str) -> None:
+    # These options are the host's, not the package's: the host refuses bad values itself.
+    with pytest.raises(ConfigurationError, match=name):
+        create_app({"DATABASE_URL": "sqlite://", "DRIFTWISE_ENCRYPTION_KEY": "k" * 40,
+                    name: value}, mount_slack=False, instance_path=str(tmp_path))
+
+
 def test_database_url_defaults_and_normalisation(tmp_path: t.Any) -> None:
     default = create_app({"DRIFTWISE_ENCRYPTION_KEY": KEY}, mount_slack=False,
                          instance_path=str(tmp_path / "inst"))
@@ -509,11 +522,11 @@ def test_proxy_fix_and_cookie_flags(tmp_path: t.Any) -> None:
                       DRIFTWISE_BASE_URL="https://dw.example.test/")
     assert isinstance(behind.wsgi_app, ProxyFix)
     assert behind.config["SESSION_COOKIE_SECURE"] is True
-    assert get_state(behind).settings.base_url == "https://dw.example.test"
+    assert get_host(behind).settings.base_url == "https://dw.example.test"
 
 
 def test_engine_is_rebuilt_in_a_new_process(app: Flask) -> None:
-    db = get_state(app).db
+    db = get_host(app).db
     first = db.engine
     db._pid = -1  # what a forked child sees: another pid than the one that built the engine
     assert db.engine is not first
@@ -549,11 +562,11 @@ def test_on_postgresql(tmp_path: t.Any) -> None:
         me = app.test_client().get("/api/v2/me", headers=bearer(owner["token"]))
         assert me.json["org"] == {"slug": "acme", "plan": "team"}
         with app.app_context():
-            schedule = get_state().db.session.get(Schedule, 1)
+            schedule = get_host().db.session.get(Schedule, 1)
             assert schedule is not None and schedule.disabled_at is not None
             assert schedule.disabled_at.utcoffset() == dt.timedelta(0)
     finally:
-        get_state(app).db.dispose()
+        get_host(app).db.dispose()
         _admin(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)")
 
 
@@ -562,16 +575,16 @@ def test_on_postgresql(tmp_path: t.Any) -> None:
 @pytest.fixture()
 def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[ScanEvent]:
     """Every event the host CLI hands to the dispatcher, in order (Slack itself not mounted)."""
-    from driftwise_slack.reference_host.state import HostState
+    from driftwise_slack.reference_host.runtime import HostRuntime
 
     events: list[ScanEvent] = []
-    monkeypatch.setattr(HostState, "dispatcher", lambda self, session: events.append)
+    monkeypatch.setattr(HostRuntime, "dispatcher", lambda self, session: events.append)
     return events
 
 
 def _runs(app: Flask) -> list[tuple[int, str, str]]:
     with app.app_context():
-        return [tuple(r) for r in get_state().db.session.execute(
+        return [tuple(r) for r in get_host().db.session.execute(
             sa.select(ScanRun.schedule_id, ScanRun.status, ScanRun.error).order_by(ScanRun.id))]
 
 
@@ -627,7 +640,7 @@ def test_fail_scan_refuses_error_text_it_cannot_store(
     assert status == 1 and payload["error"] == "invalid_error"
     assert _runs(app) == []
     with app.app_context():
-        session = get_state().db.session
+        session = get_host().db.session
         schedule = session.get(Schedule, seeded["schedule_id"])
         assert schedule is not None
         with pytest.raises(ValueError):
@@ -665,7 +678,7 @@ def test_a_failing_dispatch_rolls_the_success_back(app: Flask, seeded: dict[str,
     sid = seeded["schedule_id"]
     ok(app, "fail-scan", str(sid))
     with app.app_context():
-        session = get_state().db.session
+        session = get_host().db.session
         schedule = session.get(Schedule, sid)
         assert schedule is not None
         with pytest.raises(RuntimeError):
@@ -741,4 +754,4 @@ def test_bad_error_texts_on_postgresql_are_400_not_500(tmp_path: t.Any, database
             "schedule_id": sid, "consecutive_failures": 2, "disabled": False}
         assert _runs(app) == [(sid, "failed", "quota")] * 2
     finally:
-        get_state(app).db.dispose()
+        get_host(app).db.dispose()

@@ -66,10 +66,10 @@ def test_ciphertext_swapped_between_orgs_does_not_post(actions: ApiActions,
     actions.cli("fail-scan", str(schedule["schedule_id"]), "--error", "boom")
     from rq import SimpleWorker
 
-    from driftwise_slack.extension import get_state
     from driftwise_slack.queue import get_queue
+    from driftwise_slack.runtime import get_runtime
 
-    state = get_state(actions.app)
+    state = get_runtime(actions.app)
     with actions.app.app_context():
         SimpleWorker([get_queue(state.redis)], connection=state.redis).work(burst=True)
     assert slack.count("chat.postMessage") == 0

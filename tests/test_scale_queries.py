@@ -12,11 +12,11 @@ import os
 import typing as t
 
 import pytest
-import services
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+import services
 from driftwise_slack import migrations
 from driftwise_slack.config import normalize_database_url
 from driftwise_slack.repository import DeliveryRepository

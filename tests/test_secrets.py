@@ -79,9 +79,9 @@ def test_no_secret_leaks_anywhere(actions: ApiActions, slack: EmulatorClient, db
         collect_responses(responses, actions.client.get(path, headers=actions.auth(token)))
         collect_responses(responses, actions.client.get(path, headers=actions.auth(member)))
 
-    from driftwise_slack.extension import get_state
+    from driftwise_slack.runtime import get_runtime
 
-    state = get_state(actions.app)
+    state = get_runtime(actions.app)
     with actions.app.app_context():
         row = state.session().execute(text(
             "SELECT org_id, team_id, token_sealed FROM slack_installations")).one()

@@ -7,9 +7,9 @@ import typing as t
 
 from sqlalchemy import text
 
-from driftwise_slack.extension import get_state
 from driftwise_slack.repository import InstallationRepository
-from driftwise_slack.tokens import usable_token
+from driftwise_slack.runtime import get_runtime
+from driftwise_slack.tokens import refresh_if_due_and_open
 from factories import ApiActions, EmulatorClient
 
 
@@ -24,11 +24,11 @@ def refresh_calls(slack: EmulatorClient) -> int:
 
 
 def token_now(app: t.Any) -> str:
-    state = get_state(app)
+    deps = get_runtime(app).deps()
     with app.app_context():
-        row = InstallationRepository(state.session()).active(org_id="1")
+        row = InstallationRepository(deps.session).active(org_id="1")
         assert row is not None
-        return usable_token(state, row)
+        return refresh_if_due_and_open(deps, row)
 
 
 def test_rotating_tokens_are_stored_encrypted_and_refreshed(actions: ApiActions,
@@ -80,7 +80,7 @@ def test_invalid_refresh_token_invalidates(actions: ApiActions, slack: EmulatorC
     schedule = actions.cli("create-schedule", "acme", "nightly", "--channel", "#alerts")
     slack.fault(method="oauth.v2.access", mode="ok_false", error="invalid_refresh_token")
     actions.cli("fail-scan", str(schedule["schedule_id"]), "--error", "boom")
-    state = get_state(actions.app)
+    state = get_runtime(actions.app)
     with actions.app.app_context():
         from rq import SimpleWorker
 

@@ -15,7 +15,7 @@ from . import control, oauth, web_api
 from .ext import EXTENSION_KEY, get_world
 from .seed import EmulatorSettings, load_settings
 from .server import DropConnection, serve_in_thread
-from .state import World
+from .store import World
 
 __all__ = [
     "EmulatorSettings",

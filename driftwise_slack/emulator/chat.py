@@ -15,7 +15,7 @@ from .tokens import RateLimited, SlackError
 
 if t.TYPE_CHECKING:
     from .seed import EmulatorSettings, WorkspaceSeed
-    from .state import Call, Channel
+    from .store import Call, Channel
     from .tokens import TokenBook
 
 #: The ``user`` of a message posted through the control API when none is given: a person.

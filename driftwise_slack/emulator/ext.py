@@ -5,7 +5,7 @@ import typing as t
 
 from flask import current_app
 
-from .state import World
+from .store import World
 
 if t.TYPE_CHECKING:
     from flask import Flask

@@ -13,7 +13,7 @@ from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response
 
 from .ext import get_world
-from .state import World
+from .store import World
 
 #: What the consent page says each scope lets the app do (``{bot}`` is the bot's name).
 SCOPE_WORDS = {

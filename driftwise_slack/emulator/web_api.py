@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
 from .ext import get_world
-from .state import Call, World
+from .store import Call, World
 from .tokens import Grant, RateLimited, SlackError, random_string
 
 #: The WSGI environ key that asks :class:`~.server.DropConnection` to drop the connection.

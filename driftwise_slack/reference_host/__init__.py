@@ -20,7 +20,7 @@ from .auth import init_auth
 from .cli import host_cli
 from .db import HostDatabase
 from .pages import bp as pages_bp
-from .state import EXTENSION_KEY, HostState, load_host_settings
+from .runtime import EXTENSION_KEY, HostRuntime, load_host_settings
 from .views import bp as api_bp
 
 __all__ = ["ReferenceHostAdapter", "create_app"]
@@ -74,8 +74,8 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     db = HostDatabase(settings.database_url)
-    state = HostState(settings=settings, db=db)
-    app.extensions[EXTENSION_KEY] = state
+    runtime = HostRuntime(settings=settings, db=db)
+    app.extensions[EXTENSION_KEY] = runtime
     app.teardown_appcontext(lambda _exc: db.remove())
 
     init_auth(app)
@@ -87,6 +87,6 @@ def create_app(
         from .integration import slack
 
         slack.init_app(app, host=ReferenceHostAdapter(db, base_url=settings.base_url))
-        state.slack = slack
+        runtime.slack = slack
     return app
 

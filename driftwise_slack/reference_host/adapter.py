@@ -10,7 +10,7 @@ from driftwise_slack.host import AuditEvent, Caller, Plan, Role
 
 from .db import HostDatabase
 from .models import AuditLogEntry, Membership, Org
-from .state import FALLBACK_BASE_URL
+from .runtime import FALLBACK_BASE_URL
 
 
 def parse_id(value: str | int | None) -> int | None:

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request, session
 from driftwise_slack.host import Caller
 
 from .models import ApiToken, Membership
-from .state import get_state
+from .runtime import get_host
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -85,7 +85,7 @@ def _identify() -> Response | None:
     g.caller = None
     if not is_api_path(request.path):
         return None
-    db_session = get_state().db.session
+    db_session = get_host().db.session
     header = request.headers.get("Authorization")
     if header is not None:
         # An Authorization header is authoritative: a bad one never falls back to the cookie.

@@ -25,6 +25,7 @@ from .models import (
     Schedule,
     User,
 )
+from .runtime import get_host
 from .scans import (
     InvalidErrorText,
     ScanOutcome,
@@ -32,7 +33,6 @@ from .scans import (
     record_failed_scan,
     record_succeeded_scan,
 )
-from .state import get_state
 
 #: Shape of an org slug: lower-case letters, digits and dashes.
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
@@ -75,21 +75,21 @@ host_cli = AppGroup("host", help="Manage the reference host: orgs, members, sche
 
 
 def _org(slug: str) -> Org:
-    org = get_state().db.session.scalar(sa.select(Org).where(Org.slug == slug))
+    org = get_host().db.session.scalar(sa.select(Org).where(Org.slug == slug))
     if org is None:
         raise CommandFailed("unknown_org", f"There is no org with the slug {slug!r}.")
     return org
 
 
 def _user(email: str) -> User:
-    user = get_state().db.session.scalar(sa.select(User).where(User.email == email.lower()))
+    user = get_host().db.session.scalar(sa.select(User).where(User.email == email.lower()))
     if user is None:
         raise CommandFailed("unknown_user", f"There is no user with the email {email!r}.")
     return user
 
 
 def _membership(org: Org, user: User) -> Membership:
-    member = get_state().db.session.scalar(sa.select(Membership).where(
+    member = get_host().db.session.scalar(sa.select(Membership).where(
         Membership.org_id == org.id, Membership.user_id == user.id))
     if member is None:
         raise CommandFailed("not_member", f"{user.email} is not a member of {org.slug}.")
@@ -97,7 +97,7 @@ def _membership(org: Org, user: User) -> Membership:
 
 
 def _schedule(schedule_id: int) -> Schedule:
-    schedule = get_state().db.session.get(Schedule, schedule_id)
+    schedule = get_host().db.session.get(Schedule, schedule_id)
     if schedule is None:
         raise CommandFailed("unknown_schedule", f"There is no schedule with id {schedule_id}.")
     return schedule
@@ -105,7 +105,7 @@ def _schedule(schedule_id: int) -> Schedule:
 
 def _schedules(schedule_ids: t.Sequence[int]) -> list[Schedule]:
     """Every schedule named, in order (repeats included); all must exist before any is used."""
-    found = {s.id: s for s in get_state().db.session.scalars(
+    found = {s.id: s for s in get_host().db.session.scalars(
         sa.select(Schedule).where(Schedule.id.in_(set(schedule_ids))))}
     missing = [i for i in dict.fromkeys(schedule_ids) if i not in found]
     if missing:
@@ -125,19 +125,19 @@ def _error_text(error: str) -> str:
 
 def _fail(schedule: Schedule, error: str) -> ScanOutcome:
     """Record one failed scheduled run in its own transaction, handing its events to Slack."""
-    state = get_state()
-    session = state.db.session
-    return record_failed_scan(session, schedule, error, disable_after=state.disable_after(),
-                              dispatch=state.dispatcher(session))
+    host = get_host()
+    session = host.db.session
+    return record_failed_scan(session, schedule, error, disable_after=host.disable_after(),
+                              dispatch=host.dispatcher(session))
 
 
 @host_cli.command("init-db", cls=JsonCommand)
 def init_db_command() -> None:
     """Create the host's tables and run the Slack migrations (idempotent)."""
-    state = get_state()
-    state.db.create_all()
-    if state.slack is not None:
-        state.slack.init_db()
+    host = get_host()
+    host.db.create_all()
+    if host.slack is not None:
+        host.slack.init_db()
     _emit({"ok": True})
 
 
@@ -149,7 +149,7 @@ def create_org_command(slug: str, plan: str) -> None:
     if not SLUG_RE.match(slug):
         raise CommandFailed("invalid_slug",
                             "A slug has 1-63 lower-case letters, digits or dashes.")
-    session = get_state().db.session
+    session = get_host().db.session
     taken = CommandFailed("org_exists", f"An org with the slug {slug!r} already exists.")
     if session.scalar(sa.select(Org.id).where(Org.slug == slug)) is not None:
         raise taken
@@ -176,7 +176,7 @@ def add_user_command(slug: str, email: str, role: str) -> None:
     if email.count("@") != 1 or email.startswith("@") or email.endswith("@") or " " in email:
         raise CommandFailed("invalid_email", f"{email!r} is not an email address.")
     org = _org(slug)
-    session = get_state().db.session
+    session = get_host().db.session
     user = session.scalar(sa.select(User).where(User.email == email))
     if user is None:
         user = User(email=email)
@@ -201,7 +201,7 @@ def set_plan_command(slug: str, plan: str) -> None:
     """Move SLUG to PLAN."""
     org = _org(slug)
     org.plan = plan
-    get_state().db.session.commit()
+    get_host().db.session.commit()
     _emit({"org_id": org.id, "plan": plan})
 
 
@@ -213,7 +213,7 @@ def set_role_command(slug: str, email: str, role: str) -> None:
     """Change the role of member EMAIL in SLUG."""
     member = _membership(_org(slug), _user(email))
     member.role = role
-    get_state().db.session.commit()
+    get_host().db.session.commit()
     _emit({"user_id": member.user_id, "role": role})
 
 
@@ -224,7 +224,7 @@ def remove_member_command(slug: str, email: str) -> None:
     """Remove EMAIL from SLUG and revoke their API tokens for SLUG."""
     org, user = _org(slug), _user(email)
     member = _membership(org, user)
-    session = get_state().db.session
+    session = get_host().db.session
     session.execute(sa.delete(ApiToken).where(ApiToken.org_id == org.id,
                                               ApiToken.user_id == user.id))
     session.delete(member)
@@ -245,7 +245,7 @@ def create_schedule_command(slug: str, name: str, channel: str) -> None:
         raise CommandFailed("invalid_channel", "A channel is an id like C0123 or a #name.")
     org = _org(slug)
     schedule = Schedule(org_id=org.id, name=name, notify_slack_channel=channel or None)
-    session = get_state().db.session
+    session = get_host().db.session
     session.add(schedule)
     session.commit()
     _emit({"schedule_id": schedule.id})
@@ -256,7 +256,7 @@ def create_schedule_command(slug: str, name: str, channel: str) -> None:
 def audit_command(slug: str) -> None:
     """Print SLUG's audit log, oldest first."""
     org = _org(slug)
-    rows = get_state().db.session.scalars(
+    rows = get_host().db.session.scalars(
         sa.select(AuditLogEntry).where(AuditLogEntry.org_id == org.id)
         .order_by(AuditLogEntry.created_at, AuditLogEntry.id))
     _emit({"events": [
@@ -294,8 +294,8 @@ def fail_scans_command(schedule_ids: tuple[int, ...], error: str) -> None:
 def succeed_scan_command(schedule_id: int) -> None:
     """Record a successful scheduled run of SCHEDULE_ID: resets the failure count and hands a
     scan-succeeded event to Slack (when mounted), which closes an open streak."""
-    state = get_state()
-    session = state.db.session
+    host = get_host()
+    session = host.db.session
     outcome = record_succeeded_scan(session, _schedule(schedule_id),
-                                    dispatch=state.dispatcher(session))
+                                    dispatch=host.dispatcher(session))
     _emit(outcome.success_json())

@@ -21,7 +21,7 @@ from flask import (
 )
 
 from .auth import SESSION_ORG, SESSION_USER, caller_for_session, caller_for_token
-from .state import get_state
+from .runtime import get_host
 
 bp = Blueprint("host_pages", __name__)
 
@@ -88,7 +88,7 @@ def login() -> t.Any:
         caller = None
         if not _csrf_ok():
             error, status = "The sign-in form expired. Please try again.", 400
-        elif (caller := caller_for_token(get_state().db.session,
+        elif (caller := caller_for_token(get_host().db.session,
                                          request.form.get("token", ""))) is None:
             error, status = "That API token is not valid.", 401
         else:
@@ -111,7 +111,7 @@ def logout() -> t.Any:
 @bp.get("/settings")
 def settings() -> t.Any:
     """The Settings page with the Slack Integration card; signed-out visitors go to /login."""
-    if caller_for_session(get_state().db.session) is None:
+    if caller_for_session(get_host().db.session) is None:
         return redirect(url_for(".login"))
     flash = flash_for(request.args)
     return render_template(

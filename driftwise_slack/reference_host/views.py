@@ -16,8 +16,8 @@ from driftwise_slack.host import Caller, Role
 from .adapter import parse_id
 from .auth import is_api_path, json_error
 from .models import Membership, Org, Schedule, User
+from .runtime import get_host
 from .scans import InvalidErrorText, clean_error, record_failed_scan
-from .state import get_state
 
 bp = Blueprint("host_api", __name__)
 
@@ -54,7 +54,7 @@ def _unauthorized() -> Response:
 
 def _member(caller: Caller) -> t.Any:
     """The caller's user, org and role in one query, or ``None`` when they are gone."""
-    return get_state().db.session.execute(
+    return get_host().db.session.execute(
         sa.select(User.id.label("user_id"), User.email, Org.id.label("org_id"), Org.slug,
                   Org.plan, Membership.role)
         .join(Membership, Membership.user_id == User.id)
@@ -98,7 +98,7 @@ def list_schedules() -> t.Any:
     caller: Caller | None = g.get("caller")
     if caller is None:
         return _unauthorized()
-    rows = get_state().db.session.scalars(
+    rows = get_host().db.session.scalars(
         sa.select(Schedule).where(Schedule.org_id == parse_id(caller.org_id))
         .order_by(Schedule.id))
     return {"schedules": [schedule_json(row) for row in rows]}
@@ -130,14 +130,14 @@ def fail_schedule(schedule_id: int) -> t.Any:
         error = clean_error(error) or DEMO_ERROR
     except InvalidErrorText as exc:
         return json_error(400, "invalid_request", str(exc))
-    state = get_state()
-    session = state.db.session
+    host = get_host()
+    session = host.db.session
     schedule = session.scalar(sa.select(Schedule).where(
         Schedule.id == schedule_id, Schedule.org_id == member.org_id))
     if schedule is None:
         return json_error(404, "not_found", "There is no such schedule in your organisation.")
-    outcome = record_failed_scan(session, schedule, error, disable_after=state.disable_after(),
-                                 dispatch=state.dispatcher(session))
+    outcome = record_failed_scan(session, schedule, error, disable_after=host.disable_after(),
+                                 dispatch=host.dispatcher(session))
     return outcome.failure_json()
 
 

@@ -1,18 +1,19 @@
-"""``/api/v2/webhooks/slack/*``: parse, call the use-cases, answer JSON."""
+"""``/api/v2/webhooks/slack/*``: parse, call the use-cases, answer JSON.
+
+:func:`attach` adds the routes to the API blueprint made in ``views/setup.py``.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .. import install, notify
-from ..extension import get_state
-from ..state import IssuedState
-
-bp = Blueprint("driftwise_slack_api", __name__, url_prefix="/api/v2/webhooks/slack")
+from .. import install, settings_actions
+from ..oauth_state import IssuedState
+from ..runtime import get_runtime
 
 
 def redirect_uri() -> str:
     """The callback URL: configured, or this app's callback route (the same on both legs)."""
-    configured = get_state().settings.redirect_uri
+    configured = get_runtime().settings.redirect_uri
     return configured or url_for("driftwise_slack_oauth.callback", _external=True)
 
 
@@ -22,37 +23,41 @@ def _bind_cookie(response: Response, issued: IssuedState, max_age: int) -> None:
                         secure=request.is_secure, samesite="Lax")
 
 
-@bp.post("/install")
 def start_install() -> Response:
-    state = get_state()
-    started = install.start_install(state.deps(), state.host.current_caller(),
+    runtime = get_runtime()
+    started = install.start_install(runtime.deps(), runtime.host.current_caller(),
                                     redirect_uri=redirect_uri())
     response = jsonify({"url": started.url})
-    _bind_cookie(response, started.state, state.settings.state_max_age)
+    _bind_cookie(response, started.state, runtime.settings.state_max_age)
     return response
 
 
-@bp.get("/status")
 def status() -> Response:
-    state = get_state()
-    return jsonify(install.get_status(state.deps(), state.host.current_caller()))
+    runtime = get_runtime()
+    return jsonify(install.get_status(runtime.deps(), runtime.host.current_caller()))
 
 
-@bp.delete("/install")
 def uninstall() -> Response:
-    state = get_state()
-    return jsonify(install.uninstall(state.deps(), state.host.current_caller()))
+    runtime = get_runtime()
+    return jsonify(install.uninstall(runtime.deps(), runtime.host.current_caller()))
 
 
-@bp.post("/test")
 def send_test() -> Response:
-    state = get_state()
+    runtime = get_runtime()
     body = request.get_json(silent=True)
-    return jsonify(notify.send_test(state.deps(), state.host.current_caller(), body))
+    return jsonify(settings_actions.send_test(runtime.deps(), runtime.host.current_caller(), body))
 
 
-@bp.get("/deliveries")
 def deliveries() -> Response:
-    state = get_state()
-    return jsonify(notify.list_deliveries(state.deps(), state.host.current_caller(),
-                                          request.args))
+    runtime = get_runtime()
+    return jsonify(settings_actions.list_deliveries(runtime.deps(), runtime.host.current_caller(),
+                                                    request.args))
+
+
+def attach(bp: Blueprint) -> None:
+    """Add the ``/api/v2/webhooks/slack/*`` routes to ``bp`` (prefixed by the blueprint)."""
+    bp.add_url_rule("/install", view_func=start_install, methods=["POST"])
+    bp.add_url_rule("/status", view_func=status, methods=["GET"])
+    bp.add_url_rule("/install", view_func=uninstall, methods=["DELETE"])
+    bp.add_url_rule("/test", view_func=send_test, methods=["POST"])
+    bp.add_url_rule("/deliveries", view_func=deliveries, methods=["GET"])

@@ -1,7 +1,7 @@
 """``POST /slack/events``: Slack's Events API, verified before anything else (SPEC §6).
 
-The route lives on the ``/slack/*`` blueprint so it shares its error handlers and its
-``Cache-Control: no-store`` headers. This module reads the request and maps the outcome to a
+:func:`attach` puts the route on the ``/slack/*`` blueprint so it shares its error handlers and
+its ``Cache-Control: no-store`` headers. This module reads the request and maps the outcome to a
 status; the rules are in :mod:`driftwise_slack.events`.
 """
 from __future__ import annotations
@@ -9,20 +9,20 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import events
 from ..errors import PayloadTooLarge
-from ..extension import get_state
+from ..runtime import get_runtime
 from .errors import describe, json_error
-from .oauth import bp
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
 RETRY_HEADER = "X-Slack-Retry-Num"
+
 
 def _single(name: str) -> str | None:
     """The header's value when it is sent exactly once; a repeated header counts as missing."""
@@ -47,9 +47,9 @@ def _read_body() -> bytes:
         raise PayloadTooLarge() from None
 
 
-@bp.post("/slack/events")
 def slack_events() -> Response:
-    settings = get_state().settings
+    runtime = get_runtime()
+    settings = runtime.settings
     if not settings.signing_secret:
         code, message = describe(404)
         return json_error(code, message, 404)
@@ -62,4 +62,9 @@ def slack_events() -> Response:
     retry = _single(RETRY_HEADER)
     if retry is not None and retry.isascii() and retry.isdigit() and len(retry) <= 3:
         log.info("slack event retry %s", retry)
-    return jsonify(events.handle(get_state().deps(), payload).body)
+    return jsonify(events.handle(runtime.deps(), payload).body)
+
+
+def attach(bp: Blueprint) -> None:
+    """Add ``POST /slack/events`` (endpoint ``slack_events``) to ``bp``."""
+    bp.add_url_rule("/slack/events", view_func=slack_events, methods=["POST"])

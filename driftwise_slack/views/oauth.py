@@ -1,8 +1,9 @@
-"""``/slack/*`` routes outside the host's API auth: the OAuth callback and the OpenAPI document."""
+"""``GET /slack/oauth/callback``, outside the host's API auth: the end of the OAuth install.
+
+:func:`attach` adds the route to the ``/slack/*`` blueprint made in ``views/setup.py``.
+"""
 from __future__ import annotations
 
-import importlib.resources
-import json
 import typing as t
 from urllib.parse import urlencode
 
@@ -10,11 +11,12 @@ from flask import Blueprint, Response, redirect, request
 
 from .. import install
 from ..errors import BadRequest, Cancelled
-from ..extension import get_state
-from ..state import MAX_STATE_LENGTH
+from ..oauth_state import MAX_STATE_LENGTH
+from ..runtime import get_runtime
 from .api import redirect_uri
 
-bp = Blueprint("driftwise_slack_oauth", __name__, template_folder="../templates")
+#: The callback's endpoint name (the rate limit and the error pages key on it).
+CALLBACK = "driftwise_slack_oauth.callback"
 
 #: Longest value we accept per callback parameter; anything longer is refused before HMAC.
 PARAM_LIMITS = {"state": MAX_STATE_LENGTH, "code": 256, "error": 64,
@@ -24,7 +26,7 @@ MAX_QUERY = 2048
 
 
 def _settings_redirect(**query: str) -> Response:
-    target = get_state().settings.settings_url
+    target = get_runtime().settings.settings_url
     separator = "&" if "?" in target else "?"
     return t.cast(Response, redirect(f"{target}{separator}{urlencode(query)}", code=302))
 
@@ -49,12 +51,11 @@ def _params() -> install.CallbackParams:
                                   error=values["error"])
 
 
-@bp.get("/slack/oauth/callback")
 def callback() -> Response:
-    state = get_state()
+    runtime = get_runtime()
     params = _params()
     try:
-        done = install.complete_install(state.deps(), params, request.cookies,
+        done = install.complete_install(runtime.deps(), params, request.cookies,
                                         redirect_uri=redirect_uri())
     except Cancelled as exc:
         return _settings_redirect(slack="error", reason=exc.reason)
@@ -63,8 +64,6 @@ def callback() -> Response:
     return response
 
 
-@bp.get("/slack/openapi.json")
-def openapi() -> Response:
-    document = importlib.resources.files("driftwise_slack").joinpath("openapi.json")
-    text = document.read_text(encoding="utf-8")
-    return Response(json.dumps(json.loads(text)), mimetype="application/json")
+def attach(bp: Blueprint) -> None:
+    """Add ``GET /slack/oauth/callback`` (endpoint ``callback``) to ``bp``."""
+    bp.add_url_rule("/slack/oauth/callback", view_func=callback, methods=["GET"])

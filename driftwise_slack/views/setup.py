@@ -1,56 +1,52 @@
-"""Wires the blueprints into an app: the limiter, the error handlers and the response headers.
+"""Wires the HTTP layer into an app: the two blueprints, their routes, error handlers, response
+headers, and the callback's rate limit.
 
-Blueprint-level handlers are attached once, when this module is imported; ``register`` does the
-per-app part (the blueprints themselves and the callback's rate limit).
+The blueprints are made here and nowhere else, once per app, and each route module adds its
+routes through its ``attach`` function: no route appears as a side effect of an import.
 """
 from __future__ import annotations
 
 import logging
-import typing as t
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from flask_limiter.errors import RateLimitExceeded
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .. import errors as e
-from ..extension import get_state
+from ..runtime import Runtime, get_runtime
+from . import api as api_routes
 from . import errors as render
-from . import events as _events  # noqa: F401  (adds POST /slack/events to the oauth blueprint)
-from .api import bp as api
-from .oauth import bp as oauth
-from .oauth import callback
-
-if t.TYPE_CHECKING:
-    from ..extension import _State
+from . import events as events_routes
+from . import oauth as oauth_routes
+from . import openapi as openapi_routes
+from .oauth import CALLBACK, callback
 
 log = logging.getLogger(__name__)
-CALLBACK = "driftwise_slack_oauth.callback"
+#: Names of the two blueprints (their endpoints are ``<name>.<view function>``).
+API_BLUEPRINT = "driftwise_slack_api"
+SLACK_BLUEPRINT = "driftwise_slack_oauth"
 
 
 def _settings_url() -> str:
-    return get_state().settings.settings_url
+    return get_runtime().settings.settings_url
 
 
-@api.errorhandler(e.SlackIntegrationError)
 def _api_error(exc: e.SlackIntegrationError) -> Response:
     return render.render(exc)
 
 
-@api.errorhandler(HTTPException)
 def _api_http_error(exc: HTTPException) -> Response:
     code, message = render.describe(exc.code or 500)
     return render.json_error(code, message, exc.code or 500)
 
 
-@oauth.errorhandler(e.SlackIntegrationError)
-def _oauth_error(exc: e.SlackIntegrationError) -> Response:
+def _slack_error(exc: e.SlackIntegrationError) -> Response:
     return render.render(exc, page=request.endpoint == CALLBACK, settings_url=_settings_url())
 
 
-@oauth.errorhandler(HTTPException)
-def _oauth_http_error(exc: HTTPException) -> Response:
+def _slack_http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     code, message = render.describe(status)
     if request.endpoint == CALLBACK or status == 429:
@@ -75,30 +71,45 @@ def _limiter_down(exc: Exception) -> Response:
     return response
 
 
-oauth.register_error_handler(StorageError, _limiter_down)
-oauth.register_error_handler(RedisError, _limiter_down)
-
-
-@oauth.after_request
-def _oauth_headers(response: Response) -> Response:
+def _slack_headers(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 
-@api.after_request
 def _api_headers(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def register(app: Flask, state: _State) -> None:
+def blueprints() -> tuple[Blueprint, Blueprint]:
+    """The API blueprint (``/api/v2/webhooks/slack/*``, behind the host's auth) and the
+    ``/slack/*`` blueprint (callback, events, OpenAPI), with routes, handlers and headers."""
+    api = Blueprint(API_BLUEPRINT, __name__, url_prefix="/api/v2/webhooks/slack")
+    slack = Blueprint(SLACK_BLUEPRINT, __name__, template_folder="../templates")
+    api_routes.attach(api)
+    oauth_routes.attach(slack)
+    events_routes.attach(slack)
+    openapi_routes.attach(slack)
+
+    api.register_error_handler(e.SlackIntegrationError, _api_error)
+    api.register_error_handler(HTTPException, _api_http_error)
+    api.after_request(_api_headers)
+    slack.register_error_handler(e.SlackIntegrationError, _slack_error)
+    slack.register_error_handler(HTTPException, _slack_http_error)
+    slack.register_error_handler(StorageError, _limiter_down)
+    slack.register_error_handler(RedisError, _limiter_down)
+    slack.after_request(_slack_headers)
+    return api, slack
+
+
+def register(app: Flask, runtime: Runtime) -> None:
     """Register both blueprints on ``app`` with the callback's per-IP rate limit."""
-    app.register_blueprint(api)
-    app.register_blueprint(oauth)
-    state.limiter.init_app(app)
+    for blueprint in blueprints():
+        app.register_blueprint(blueprint)
+    runtime.limiter.init_app(app)
     # Per source IP, before any other work of the view. The limited wrapper is installed for
     # this app only, so two apps can carry different limits.
-    app.view_functions[CALLBACK] = state.limiter.limit(state.settings.callback_rate_limit)(
+    app.view_functions[CALLBACK] = runtime.limiter.limit(runtime.settings.callback_rate_limit)(
         callback)

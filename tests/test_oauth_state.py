@@ -10,7 +10,7 @@ from itsdangerous.encoding import base64_decode
 from driftwise_slack.errors import InvalidState
 from driftwise_slack.host import Caller
 from driftwise_slack.keys import KeyRing, derive
-from driftwise_slack.state import MAX_STATE_LENGTH, SALT, StateSigner
+from driftwise_slack.oauth_state import MAX_STATE_LENGTH, SALT, StateSigner
 
 KEY = "k" * 40
 OLD = "o" * 40

@@ -1,18 +1,20 @@
-"""Use-cases a person triggers from Settings: send a test message, and list recent deliveries."""
+"""Use-cases a person triggers from Settings: send a test message, and list recent deliveries.
+
+Each takes its collaborators as a :class:`~driftwise_slack.deps.Deps`; the guards are the shared
+ones of :mod:`driftwise_slack.access`.
+"""
 from __future__ import annotations
 
 import typing as t
 
 from . import messages
+from .access import require_caller, require_manager, require_member, require_plan
 from .deps import Deps
-from .errors import AccessDenied, BadRequest, ChannelError, DeadToken, NotInstalled, VaultError
-from .extension import get_state
+from .errors import BadRequest, ChannelError, DeadToken, NotInstalled, VaultError
 from .host import Caller
-from .install import require_caller, require_manager, require_plan
-from .jobs import channel_reason
 from .models import Delivery
 from .repository import DeliveryRepository, InstallationRepository
-from .tokens import usable_token
+from .tokens import invalidate_workspace, refresh_if_due_and_open
 
 #: Longest channel reference we accept (Slack names are at most 80 characters).
 MAX_CHANNEL = 90
@@ -44,7 +46,7 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         raise NotInstalled("Slack is not connected (or the connection is no longer valid). "
                            "Connect Slack first.")
     try:
-        token = usable_token(get_state(), row)
+        token = refresh_if_due_and_open(deps, row)
     except VaultError:
         raise NotInstalled("The stored Slack token cannot be used. Reconnect Slack.") from None
     message = messages.test_message(org_name=None, link=None)
@@ -52,10 +54,10 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
                                               blocks=message.blocks)
     except ChannelError as exc:
-        raise BadRequest(channel_reason(exc.error, channel, deps.settings.bot_name)) from None
+        advice = messages.channel_advice(exc.error, channel, deps.settings.bot_name)
+        raise BadRequest(advice) from None
     except DeadToken as exc:
-        InstallationRepository(deps.session).invalidate_team(
-            team_id=row.team_id, reason=exc.error[:64], now=deps.clock())
+        invalidate_workspace(deps, row.team_id, exc.error)
         deps.session.commit()
         raise NotInstalled("Slack says the DriftWise token is no longer valid. "
                            "Reconnect Slack in Settings.") from None
@@ -76,8 +78,7 @@ def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
                     ) -> dict[str, t.Any]:
     """GET .../deliveries: any member; newest first; ``limit`` (1-100) and ``cursor`` paging."""
     caller = require_caller(caller)
-    if deps.host.role_of(org_id=caller.org_id, user_id=caller.user_id) is None:
-        raise AccessDenied("You are not a member of this organization.")
+    require_member(deps.host, caller)
     try:
         limit = int(args.get("limit") or 20)
         before = int(args["cursor"]) if args.get("cursor") else None

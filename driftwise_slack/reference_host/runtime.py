@@ -1,7 +1,10 @@
-"""The reference host's own configuration and per-app state.
+"""The reference host's own settings and its per-app runtime (settings, database, the mounted
+Slack extension).
 
-Read once in ``create_app`` from ``app.config`` first, then the environment, then the defaults
-(the same lookup order the extension uses), and kept in ``app.extensions["driftwise_host"]``.
+Settings are read once in ``create_app`` from ``app.config`` first, then the environment, then
+the defaults (the same lookup order the extension uses). The host-only options live here, not in
+the package: ``DRIFTWISE_BASE_URL``, ``DRIFTWISE_TRUSTED_PROXIES`` and
+``DRIFTWISE_DISABLE_AFTER``. The runtime is kept in ``app.extensions["driftwise_host"]``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import typing as t
 
 from flask import Flask, current_app
 
-from driftwise_slack.config import DEFAULT_DISABLE_AFTER, lookup, normalize_database_url, parse_int
+from driftwise_slack.config import lookup, normalize_database_url, parse_int
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -20,8 +23,10 @@ if t.TYPE_CHECKING:
 
     from .db import HostDatabase
 
-#: Key of the host's state in ``app.extensions``.
+#: Key of the host's runtime in ``app.extensions``.
 EXTENSION_KEY = "driftwise_host"
+#: Consecutive scheduled-scan failures before a schedule is disabled.
+DEFAULT_DISABLE_AFTER = 3
 #: File name of the default SQLite database, inside the instance folder.
 DEFAULT_SQLITE_NAME = "driftwise.sqlite3"
 #: Base of schedule links when neither ``DRIFTWISE_BASE_URL`` nor a request is at hand.
@@ -42,7 +47,7 @@ class HostSettings:
     base_url: str | None = None
     #: ``DRIFTWISE_TRUSTED_PROXIES``: proxies whose ``X-Forwarded-*`` headers are trusted.
     trusted_proxies: int = 0
-    #: ``DRIFTWISE_DISABLE_AFTER``: used only when the Slack extension is not mounted.
+    #: ``DRIFTWISE_DISABLE_AFTER``: failures in a row before a schedule is disabled.
     disable_after: int = DEFAULT_DISABLE_AFTER
 
 
@@ -71,8 +76,8 @@ def load_host_settings(
 
 
 @dataclasses.dataclass
-class HostState:
-    """Per-app state: settings, the database, and the Slack extension when it is mounted."""
+class HostRuntime:
+    """Per-app runtime: settings, the database, and the Slack extension when it is mounted."""
 
     settings: HostSettings
     db: HostDatabase
@@ -80,9 +85,7 @@ class HostState:
     slack: t.Any = None
 
     def disable_after(self) -> int:
-        """The auto-disable threshold: the extension's setting when mounted, else the host's."""
-        if self.slack is not None:
-            return int(self.slack.settings().disable_after)
+        """The auto-disable threshold (``DRIFTWISE_DISABLE_AFTER``)."""
         return self.settings.disable_after
 
     def dispatcher(self, session: Session) -> t.Callable[[ScanEvent], None] | None:
@@ -100,11 +103,14 @@ class HostState:
         return dispatch
 
 
-def get_state(app: Flask | None = None) -> HostState:
-    """The host state of ``app`` (default: the current app)."""
+def get_host(app: Flask | None = None) -> HostRuntime:
+    """The host runtime of ``app`` (default: the current app).
+
+    Raises ``RuntimeError`` when ``app`` was not built by ``create_app``.
+    """
     target = current_app if app is None else app
     try:
-        return t.cast(HostState, target.extensions[EXTENSION_KEY])
+        return t.cast(HostRuntime, target.extensions[EXTENSION_KEY])
     except KeyError:
         raise RuntimeError(
             "This app was not built by driftwise_slack.reference_host.create_app()."

@@ -1,0 +1,75 @@
+"""Who may do what: the caller, membership, role and plan guards, and the audit hand-off.
+
+Every use-case that acts for a person (install, the Settings actions) or records what happened
+(install, events, delivery) goes through these; each rule exists here once. The plan check fails
+closed everywhere: an error while asking the host is never taken as a yes.
+"""
+from __future__ import annotations
+
+import logging
+
+from .errors import AccessDenied, PaymentRequired, PlanCheckFailed, Unauthenticated
+from .host import AuditEvent, Caller, HostAdapter, Plan, Role
+
+log = logging.getLogger(__name__)
+
+
+def require_caller(caller: Caller | None) -> Caller:
+    """The caller, or :class:`Unauthenticated` (401)."""
+    if caller is None:
+        raise Unauthenticated()
+    return caller
+
+
+def require_member(host: HostAdapter, caller: Caller) -> Role:
+    """The caller's role in their org, or :class:`AccessDenied` (403) for a non-member."""
+    role = host.role_of(org_id=caller.org_id, user_id=caller.user_id)
+    if role is None:
+        raise AccessDenied("You are not a member of this organization.")
+    return role
+
+
+def require_manager(host: HostAdapter, *, org_id: str, user_id: str) -> Role:
+    """The member's role when it is owner or admin, else :class:`AccessDenied` (403)."""
+    role = host.role_of(org_id=org_id, user_id=user_id)
+    if role is None or not role.can_manage:
+        raise AccessDenied()
+    return role
+
+
+def plan_of(host: HostAdapter, org_id: str) -> Plan | None:
+    """The org's plan, ``None`` for no such org.
+
+    Raises :class:`PlanCheckFailed` when the host cannot answer (the error is logged, ids only),
+    so that no caller can mistake an outage for a yes: the one fail-closed plan lookup.
+    """
+    try:
+        return host.plan_of(org_id)
+    except Exception:
+        log.exception("plan lookup failed for org %s", org_id)
+        raise PlanCheckFailed() from None
+
+
+def plan_allows_slack(host: HostAdapter, org_id: str) -> bool:
+    """Whether the org's plan includes Slack; raises :class:`PlanCheckFailed` like
+    :func:`plan_of`."""
+    plan = plan_of(host, org_id)
+    return plan is not None and plan.allows_slack
+
+
+def require_plan(host: HostAdapter, org_id: str) -> Plan:
+    """The org's plan when it includes Slack; :class:`PaymentRequired` (402) when it does not,
+    :class:`PlanCheckFailed` (503) when the host cannot answer."""
+    plan = plan_of(host, org_id)
+    if plan is None or not plan.allows_slack:
+        raise PaymentRequired()
+    return plan
+
+
+def write_audit(host: HostAdapter, event: AuditEvent) -> None:
+    """Hand ``event`` to the host. A failing audit log is logged (ids only), never raised:
+    the action it records has already been committed."""
+    try:
+        host.write_audit(event)
+    except Exception:
+        log.exception("writing audit event %s for org %s failed", event.action, event.org_id)

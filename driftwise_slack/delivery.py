@@ -1,0 +1,243 @@
+"""Delivering one notification: the use-case behind the RQ job ``jobs.deliver``.
+
+:func:`deliver_one` claims its delivery row, re-checks plan and installation at send time,
+decrypts the token in memory, posts, and records the outcome. Slack's answers map to: sent;
+rescheduled (rate limit, pacing, transient errors with backoff); or a final status with a reason
+a person can act on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import typing as t
+
+from redis.exceptions import RedisError
+
+from . import messages
+from .access import plan_allows_slack
+from .errors import (
+    ChannelError,
+    DeadToken,
+    PlanCheckFailed,
+    RateLimited,
+    SlackApiError,
+    TransientSlackError,
+    VaultError,
+)
+from .host import EventType
+from .models import Delivery, DeliveryStatus, Installation, utcnow
+from .queue import enqueue_delivery, get_queue, job_id_for, lane_of, park_lane
+from .repository import DeliveryRepository, InstallationRepository
+from .tokens import invalidate_workspace, refresh_if_due_and_open
+
+if t.TYPE_CHECKING:
+    from .deps import Deps
+
+log = logging.getLogger(__name__)
+
+#: Attempts before a transient failure becomes final.
+MAX_ATTEMPTS = 5
+#: Backoff of transient retries: base * 2**(attempt-1), capped, with full jitter on top.
+BACKOFF_BASE = 5.0
+BACKOFF_CAP = 600.0
+#: A worker holds a row this long; the sweeper takes it back if the worker died. Longer than
+#: queue.JOB_TIMEOUT, so RQ has killed an overrunning job before its row can be taken again.
+SEND_LEASE = dt.timedelta(seconds=45)
+#: Extra time past ``not_before`` before the sweeper worries about a scheduled row.
+SCHEDULE_GRACE = dt.timedelta(seconds=60)
+#: Errors that mean our payload was refused: try once more as plain text.
+PAYLOAD_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long",
+                            "markdown_text_conflict"})
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter for transient failures."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _message(deps: Deps, row: Delivery) -> messages.SlackMessage:
+    link = deps.host.schedule_url(org_id=row.org_id, schedule_id=row.schedule_id)
+    if row.event_type == EventType.SCHEDULE_AUTO_DISABLED.value:
+        return messages.schedule_disabled(
+            schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
+            consecutive_failures=row.consecutive_failures, link=link)
+    return messages.scan_failed(
+        schedule_name=row.schedule_name, error=row.error, occurred_at=row.occurred_at,
+        consecutive_failures=row.consecutive_failures, disable_after=row.disable_after, link=link)
+
+
+class _Outcome:
+    """What to write on the row once the attempt is over."""
+
+    def __init__(self, status: DeliveryStatus, reason: str | None = None, *,
+                 slack_error: str | None = None, delay: float | None = None,
+                 ts: str | None = None, refund: bool = False) -> None:
+        self.status, self.reason, self.slack_error = status, reason, slack_error
+        self.delay, self.ts, self.refund = delay, ts, refund
+
+
+def deliver_one(deps: Deps, delivery_id: int) -> str:
+    """Deliver delivery ``delivery_id`` once. Returns the final or interim status (for logs and
+    tests): ``not_claimed`` when another worker holds the row or it is already handled."""
+    session = deps.session
+    deliveries = DeliveryRepository(session)
+    now = utcnow()
+    row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE)
+    if row is None:
+        session.rollback()
+        log.info("delivery %s already handled or held by another worker", delivery_id)
+        return "not_claimed"
+    deliveries.commit_fast()
+    # A channel Slack has told us to leave alone: reschedule before any other work, so a
+    # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
+    held = deps.pacer.held(scope=f"org:{row.org_id}", channel=row.channel or "")
+    if held > 0:
+        _park(deps, row, held)
+        outcome = _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                           delay=held + random.uniform(0.1, 1.0), refund=True)
+    else:
+        outcome = _attempt(deps, row)
+    return _record(deps, row, outcome)
+
+
+def _park(deps: Deps, row: Delivery, seconds: float) -> None:
+    """Move the rest of this lane's backlog to the scheduler in one go (see queue.park_lane)."""
+    until = utcnow() + dt.timedelta(seconds=seconds + random.uniform(0.1, 1.0))
+    try:
+        moved = park_lane(get_queue(deps.redis()), lane_of(row.org_id, row.channel), until)
+    except RedisError as exc:
+        log.warning("could not park a rate-limited lane (%s)", type(exc).__name__)
+        return
+    if moved:
+        log.info("parked %s queued delivery(ies) of a rate-limited channel", moved)
+
+
+def _attempt(deps: Deps, row: Delivery) -> _Outcome:
+    try:
+        allowed = plan_allows_slack(deps.host, row.org_id)
+    except PlanCheckFailed:
+        # Fail closed, like the callback: never post without knowing the plan allows it.
+        if row.attempts >= MAX_ATTEMPTS:
+            return _Outcome(DeliveryStatus.FAILED,
+                            "Not sent: DriftWise could not check the plan after "
+                            f"{row.attempts} attempts.", slack_error="plan_check_failed")
+        return _Outcome(DeliveryStatus.QUEUED, "Waiting: DriftWise could not check the plan.",
+                        delay=backoff(row.attempts))
+    if not allowed:
+        return _Outcome(DeliveryStatus.SKIPPED,
+                        "Not sent: Slack notifications need the Team or Enterprise plan.")
+    installation = InstallationRepository(deps.session).active(org_id=row.org_id)
+    if installation is None:
+        return _Outcome(DeliveryStatus.SKIPPED, "Not sent: Slack is not connected.")
+    if not installation.valid:
+        return _Outcome(DeliveryStatus.SKIPPED,
+                        "Not sent: the Slack connection is no longer valid. Reconnect Slack "
+                        "in Settings.")
+    row.team_id = installation.team_id
+    channel = t.cast(str, row.channel)
+    wait = deps.pacer.wait_for(team_id=installation.team_id, channel=channel)
+    if wait > 0:
+        return _Outcome(DeliveryStatus.QUEUED, None, delay=wait, refund=True)
+    try:
+        token = refresh_if_due_and_open(deps, installation)
+    except VaultError:
+        log.error("installation %s: token cannot be decrypted", installation.id)
+        invalidate_workspace(deps, installation.team_id, "token_undecryptable")
+        return _Outcome(DeliveryStatus.FAILED, "The stored Slack token cannot be decrypted. "
+                        "Reconnect Slack in Settings.", slack_error="vault_error")
+    except DeadToken as exc:
+        return _dead(deps, installation, exc)
+    except (TransientSlackError, RateLimited) as exc:
+        return _retry_or_fail(row, exc)
+    message = _message(deps, row)
+    try:
+        posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
+                                               blocks=message.blocks)
+    except SlackApiError as exc:
+        if exc.error in PAYLOAD_ERRORS:
+            log.error("delivery %s: Slack refused our blocks (%s); sending plain text", row.id,
+                      exc.error)
+            try:
+                posted = deps.slack.chat_post_message(token=token, channel=channel,
+                                                       text=message.text)
+            except SlackApiError as again:
+                return _classify(deps, row, installation, again)
+        else:
+            return _classify(deps, row, installation, exc)
+    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts)
+
+
+def _classify(deps: Deps, row: Delivery, installation: Installation,
+              exc: SlackApiError) -> _Outcome:
+    if isinstance(exc, RateLimited):
+        retry_after = float(exc.retry_after or 30)
+        for scope in (installation.team_id, f"org:{row.org_id}"):
+            deps.pacer.hold(scope=scope, channel=t.cast(str, row.channel), seconds=retry_after)
+        _park(deps, row, retry_after)
+        log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
+        return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                        slack_error=exc.error, delay=retry_after + random.uniform(0.1, 1.0),
+                        refund=True)
+    if isinstance(exc, ChannelError):
+        return _Outcome(DeliveryStatus.FAILED,
+                        messages.channel_advice(exc.error, t.cast(str, row.channel),
+                                                deps.settings.bot_name),
+                        slack_error=exc.error)
+    if isinstance(exc, DeadToken):
+        return _dead(deps, installation, exc)
+    if isinstance(exc, TransientSlackError):
+        return _retry_or_fail(row, exc)
+    return _Outcome(DeliveryStatus.FAILED, f"Slack refused the message ({exc.error}).",
+                    slack_error=exc.error)
+
+
+def _retry_or_fail(row: Delivery, exc: SlackApiError) -> _Outcome:
+    if row.attempts >= MAX_ATTEMPTS:
+        return _Outcome(DeliveryStatus.FAILED,
+                        f"Slack could not be reached after {row.attempts} attempts ({exc.error}).",
+                        slack_error=exc.error)
+    delay = backoff(row.attempts)
+    log.warning("delivery %s attempt %s failed (%s); retrying in %.0fs", row.id, row.attempts,
+                exc.error, delay)
+    return _Outcome(DeliveryStatus.QUEUED, f"Retrying: Slack could not be reached ({exc.error}).",
+                    slack_error=exc.error, delay=delay)
+
+
+def _dead(deps: Deps, installation: Installation, exc: SlackApiError) -> _Outcome:
+    invalidate_workspace(deps, installation.team_id, exc.error)
+    return _Outcome(DeliveryStatus.FAILED, "Slack says the DriftWise token is no longer valid "
+                    f"({exc.error}). Reconnect Slack in Settings.", slack_error=exc.error)
+
+
+def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
+    session = deps.session
+    now = utcnow()
+    row.status = outcome.status.value
+    row.reason = outcome.reason
+    row.slack_error = outcome.slack_error
+    row.updated_at = now
+    if outcome.refund:
+        row.attempts = max(0, row.attempts - 1)
+    if outcome.status is DeliveryStatus.SENT:
+        row.slack_ts, row.sent_at, row.lease_until = outcome.ts, now, None
+    elif outcome.status is DeliveryStatus.QUEUED:
+        delay = outcome.delay or 0.0
+        row.not_before = now + dt.timedelta(seconds=delay)
+        row.lease_until = row.not_before + SCHEDULE_GRACE
+        row.job_id = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
+    else:
+        row.lease_until = None
+    if outcome.status is DeliveryStatus.QUEUED:
+        DeliveryRepository(session).commit_fast()   # lost in a crash? the sweeper requeues it
+    else:
+        session.commit()                            # outcomes are durable
+    if outcome.status is DeliveryStatus.QUEUED:
+        try:
+            enqueue_delivery(get_queue(deps.redis()), row.id, job_id=t.cast(str, row.job_id),
+                             delay=outcome.delay or 0.0)
+        except RedisError:
+            log.error("could not reschedule delivery %s; the sweeper will", row.id)
+    log.info("delivery %s -> %s", row.id, row.status)
+    return row.status

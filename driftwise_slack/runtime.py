@@ -1,0 +1,156 @@
+"""The per-app runtime: settings, host, crypto helpers and the process-bound resources.
+
+:class:`Runtime` is built once per app by the extension and kept in ``app.extensions``. It hands
+use-cases their collaborators as a :class:`~driftwise_slack.deps.Deps` (one per request or job)
+and is found only by entry points (views, CLI commands, the RQ job function, the extension's
+public methods) through :func:`get_runtime`. Resources that must not cross a fork (the database
+engine pool, the ``requests.Session``, Redis connections, the pacer's storage) are made lazily,
+once per process.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+
+from flask import Flask, current_app
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from .config import Settings, normalize_database_url
+from .deps import Deps
+from .host import HostAdapter
+from .keys import KeyRing
+from .oauth_state import StateSigner
+from .pacing import ChannelPacer
+from .queue import connect
+from .slack_api import SlackClient
+from .vault import TokenVault
+
+if t.TYPE_CHECKING:
+    from redis import Redis
+
+#: Key of the runtime in ``app.extensions``.
+EXTENSION_KEY = "driftwise_slack"
+
+
+class Runtime:
+    """Everything one app needs, built once in ``init_app``; process-bound parts built lazily."""
+
+    def __init__(self, settings: Settings, host: HostAdapter) -> None:
+        self.settings = settings
+        self.host = host
+        ring = KeyRing(settings.encryption_key, settings.encryption_keys_old)
+        self.signer = StateSigner(ring.signing_keys(), max_age=settings.state_max_age)
+        self.vault = TokenVault(ring.encryption_keys())
+        self.limiter = Limiter(
+            key_func=get_remote_address, storage_uri=settings.ratelimit_storage_uri,
+            # No X-RateLimit-* headers: computing them costs Redis round trips on every request.
+            # The 429 answer carries Retry-After (views/setup.py).
+            strategy="fixed-window", headers_enabled=False, swallow_errors=False,
+            in_memory_fallback_enabled=False, key_prefix="driftwise_slack")
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._engine: Engine | None = None
+        self._session: scoped_session[Session] | None = None
+        self._slack: SlackClient | None = None
+        self._redis: Redis | None = None
+        self._pacer: ChannelPacer | None = None
+        #: The demo's in-process fakeredis (no ``REDIS_URL``); see ``queue.connect``.
+        self.embedded_redis: Redis | None = None
+        #: Set once the demo's embedded worker thread runs in this process.
+        self.embedded_worker_running = False
+
+    def _ensure_process(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # A fork left us the parent's pools: forget them (never close them from the child).
+            if self._engine is not None:
+                self._engine.dispose(close=False)
+            url = normalize_database_url(self.settings.database_url)
+            kwargs: dict[str, t.Any] = {"future": True}
+            if url.startswith("postgresql"):
+                kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+            elif url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30}  # demo: web, CLI and worker share a file
+            self._engine = create_engine(url, **kwargs)
+            self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False))
+            self._slack = SlackClient(self.settings.api_url, timeout=self.settings.slack_timeout)
+            self._redis = None
+            self._pacer = ChannelPacer(connect=self.redis_connection,
+                                       redis_url=self.settings.redis_url,
+                                       rate=self.settings.channel_rate)
+            self._pid = os.getpid()
+
+    @property
+    def engine(self) -> Engine:
+        self._ensure_process()
+        assert self._engine is not None
+        return self._engine
+
+    @property
+    def session(self) -> scoped_session[Session]:
+        self._ensure_process()
+        assert self._session is not None
+        return self._session
+
+    @property
+    def slack(self) -> SlackClient:
+        self._ensure_process()
+        assert self._slack is not None
+        return self._slack
+
+    @property
+    def pacer(self) -> ChannelPacer:
+        self._ensure_process()
+        assert self._pacer is not None
+        return self._pacer
+
+    def redis_connection(self) -> Redis:
+        """The Redis connection for the queue: real when ``REDIS_URL`` is set, else embedded."""
+        self._ensure_process()
+        if self._redis is None:
+            self._redis = connect(self.settings.redis_url, embedded=self)
+        return self._redis
+
+    @property
+    def redis(self) -> Redis:
+        return self.redis_connection()
+
+    @property
+    def can_enqueue(self) -> bool:
+        """May this process queue jobs? Always with Redis; in the demo only where the embedded
+        worker runs (another process's private fakeredis is out of reach)."""
+        return bool(self.settings.redis_url) or self.embedded_worker_running
+
+    def deps(self, session: Session | None = None) -> Deps:
+        """The collaborators of one request or job; ``session`` defaults to this thread's."""
+        return Deps(settings=self.settings, host=self.host,
+                    session=session if session is not None else self.session(),
+                    signer=self.signer, vault=self.vault, slack=self.slack,
+                    connect=self.redis_connection, channel_pacer=self.pacer,
+                    write_engine=self.engine, can_enqueue=self.can_enqueue)
+
+    def remove_session(self, exc: BaseException | None = None) -> None:
+        """Teardown: give this thread's session back (only in the process that made it)."""
+        if self._session is not None and self._pid == os.getpid():
+            self._session.remove()
+
+
+def get_runtime(app: Flask | None = None) -> Runtime:
+    """The runtime of ``app`` (default: the current app).
+
+    Raises ``RuntimeError`` with a clear message when ``init_app`` never ran on the app.
+    """
+    target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        return t.cast(Runtime, target.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError("driftwise_slack is not set up on this app: "
+                           "did you forget SlackIntegration.init_app(app, host=...)?") from None
