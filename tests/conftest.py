@@ -15,6 +15,7 @@ import redis as redis_lib
 from sqlalchemy import create_engine, text
 
 import services
+from driftwise_slack.emulator import create_app as create_emulator
 from driftwise_slack.emulator import serve_in_thread
 from factories import ENCRYPTION_KEY, ApiActions, EmulatorClient
 
@@ -83,7 +84,7 @@ def db(database_url: str) -> t.Iterator[t.Any]:
 
 @pytest.fixture(scope="session")
 def emulator_url() -> t.Iterator[str]:
-    base, stop = serve_in_thread()
+    base, stop = serve_in_thread(create_emulator())
     yield base
     stop()
 

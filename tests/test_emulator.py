@@ -384,7 +384,7 @@ def test_unknown_blocks_render_as_json() -> None:
 
 
 def test_serve_in_thread_over_http() -> None:
-    base, stop = serve_in_thread()
+    base, stop = serve_in_thread(create_app())
     try:
         with requests.Session() as http:
             answer = http.post(f"{base}/oauth/v2/authorize", data={

@@ -1,6 +1,6 @@
 """The chat slice of the emulator's world: posting, threads, edits and deletions.
 
-:class:`Chat` is a mixin of :class:`~.state.World`; every public method takes the world's lock.
+:class:`Chat` is a mixin of :class:`~.store.World`; every public method takes the world's lock.
 Slack's checks run in Slack's order, so a client sees the error Slack would give first.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from .history import History, Message, new_message, snapshot
 from .tokens import RateLimited, SlackError
 
 if t.TYPE_CHECKING:
+    from .records import Call, Channel
     from .seed import EmulatorSettings, WorkspaceSeed
-    from .store import Call, Channel
     from .tokens import TokenBook
 
 #: The ``user`` of a message posted through the control API when none is given: a person.

@@ -64,18 +64,14 @@ def make_emulator_server(app: Flask, host: str = "127.0.0.1", port: int = 0) -> 
     return make_server(host, port, app, threaded=True, request_handler=AccessLogHandler)
 
 
-def serve_in_thread(app: Flask | None = None, host: str = "127.0.0.1",
+def serve_in_thread(app: Flask, host: str = "127.0.0.1",
                     port: int = 0) -> tuple[str, t.Callable[[], None]]:
-    """Serve ``app`` (default: a fresh emulator) from a daemon thread.
+    """Serve ``app`` (an emulator from ``create_app()``) from a daemon thread.
 
     Returns the base URL (``http://host:port``) and a ``stop`` callable that shuts the server
     down and closes its socket; calling ``stop`` twice is harmless. The server is listening when
     this returns.
     """
-    if app is None:
-        from . import create_app
-
-        app = create_app()
     server = make_emulator_server(app, host, port)
     thread = threading.Thread(target=server.serve_forever, name="slack-emulator", daemon=True)
     thread.start()

@@ -14,6 +14,7 @@ import typing as t
 from .chat import Chat
 from .faults import FaultRule, parse_fault
 from .history import History
+from .records import Call, Channel
 from .seed import EmulatorSettings, WorkspaceSeed
 from .tokens import CodeGrant, Grant, TokenBook
 
@@ -23,27 +24,6 @@ VIEW_MESSAGES = 50
 VIEW_REPLIES = 50
 
 
-@dataclasses.dataclass
-class Channel:
-    """A channel and the bot's standing in it."""
-
-    id: str
-    name: str
-    team_id: str
-    member: bool
-    archived: bool
-
-
-@dataclasses.dataclass
-class Call:
-    """What the call log records about one Web API request: never tokens, codes or secrets."""
-
-    method: str
-    team: str | None = None
-    channel: str | None = None
-    fault: str | None = None
-
-
 class World(Chat):
     """All emulator state. Public methods take the lock; none of them sleeps or does I/O."""
 
@@ -51,11 +31,15 @@ class World(Chat):
         self.settings = settings
         self.workspaces: dict[str, WorkspaceSeed] = {ws.id: ws for ws in settings.workspaces}
         self._lock = threading.Lock()
+        #: Bumped by every reset, so a request held back by a "timeout" fault can tell that
+        #: the world it arrived in is gone and must not count or change anything in the new one.
+        self.generation = 0
         self._reset()
 
     def reset(self) -> None:
         """Go back to the seed: tokens, codes, messages, calls, faults, limits and rotation."""
         with self._lock:
+            self.generation += 1
             self._reset()
 
     def _reset(self) -> None:

@@ -15,7 +15,8 @@ from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
 from .ext import get_world
-from .store import Call, World
+from .records import Call
+from .store import World
 from .tokens import Grant, RateLimited, SlackError, random_string
 
 #: The WSGI environ key that asks :class:`~.server.DropConnection` to drop the connection.
@@ -239,7 +240,12 @@ def dispatch(method: str) -> Response:
         if rule is not None:
             call.fault = rule.mode
             if rule.mode == "timeout":
+                generation = world.generation
                 time.sleep(rule.delay)
+                if world.generation != generation:
+                    # The test that set the fault is over; its late call must not land in the
+                    # next test's counts or state.
+                    return Response("emulator was reset\n", status=503, mimetype="text/plain")
             else:
                 return _fault_response(world, call, rule.mode, status=rule.status,
                                        error=rule.error, retry_after=rule.retry_after)
