@@ -182,3 +182,10 @@ class PayloadTooLarge(SlackIntegrationError):
 
     code = "too_large"
     message = "The request is too large."
+
+
+class MessageGone(SlackApiError):
+    """The message to reply to or edit is deleted or can no longer be edited by us
+    (``message_not_found``, ``thread_not_found``, ``cant_update_message``): post a new parent."""
+
+    code = "slack_message_gone"
