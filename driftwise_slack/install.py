@@ -31,7 +31,7 @@ from .host import AuditEvent, Caller
 from .models import Installation
 from .oauth_state import IssuedState, VerifiedState
 from .repository import InstallationRepository, StateRepository
-from .slack_api import OAuthAccess
+from .slack_answers import OAuthAccess
 from .tokens import expires_at
 
 log = logging.getLogger(__name__)

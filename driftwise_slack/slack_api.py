@@ -11,155 +11,34 @@ posts through the queue).
 from __future__ import annotations
 
 import base64
-import dataclasses
-import email.utils
 import json
 import logging
 import math
-import re
-import time
 import typing as t
 import urllib.parse
 
 import requests
 import urllib3
 
-from .errors import (
-    ChannelError,
-    DeadToken,
-    MessageGone,
-    RateLimited,
-    SlackApiError,
-    TransientSlackError,
+from .errors import SlackApiError
+from .slack_answers import (
+    CHANNEL_RE,
+    MAX_RESPONSE_BYTES,
+    RATE_LIMIT_ERRORS,
+    TS_RE,
+    OAuthAccess,
+    PostedMessage,
+    UpdatedMessage,
+    classify,
+    clean_str,
+    error_code,
+    parse_retry_after,
 )
 
 log = logging.getLogger(__name__)
 
-#: Slack errors meaning the token is gone for good.
-DEAD_TOKEN_ERRORS = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired",
-                               "account_inactive", "invalid_refresh_token"})
-#: Slack errors meaning this channel cannot take our message until a person acts.
-CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
-                            "restricted_action", "restricted_action_read_only_channel",
-                            "restricted_action_thread_only_channel",
-                            "restricted_action_non_threadable_channel", "ekm_access_denied"})
-#: Slack errors meaning the message we meant to reply to or edit no longer exists (or can no
-#: longer be edited by us): the caller starts a new parent message.
-MESSAGE_GONE_ERRORS = frozenset({"message_not_found", "thread_not_found", "cant_update_message"})
-#: Slack errors (and our stand-ins for answers that are not Slack's) worth trying again later.
-TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable",
-                              "request_timeout", "team_added_to_org", "org_login_required",
-                              "timeout", "connection_error", "invalid_response",
-                              "response_too_large", "http_408"})
-#: Rate-limit errors in the body (besides HTTP 429).
-RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
-#: Used when Slack sends 429 without a usable Retry-After.
-DEFAULT_RETRY_AFTER = 30
-#: Bounds of any ``retry_after`` we hand out: a hostile or broken answer cannot park a channel
-#: for centuries (or zero seconds).
-MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 3600
-#: Larger answers are refused unread: ours echo at most one message (~200 KB of Block Kit).
-MAX_RESPONSE_BYTES = 2 * 1024 * 1024
-
-# Slack's error codes are snake_case; anything else could be an echo of what we sent.
-_ERROR_RE = re.compile(r"[a-z0-9_]{1,64}")
-_TS_RE = re.compile(r"[0-9]{1,20}\.[0-9]{1,10}")
-_CHANNEL_RE = re.compile(r"[A-Z0-9]{1,32}")
 _JSON_TYPE = "application/json; charset=utf-8"
 _FORM_TYPE = "application/x-www-form-urlencoded"
-
-
-@dataclasses.dataclass(frozen=True)
-class OAuthAccess:
-    """What ``oauth.v2.access`` granted. The secrets are kept out of ``repr``."""
-
-    team_id: str | None
-    team_name: str | None
-    enterprise_id: str | None
-    is_enterprise_install: bool
-    app_id: str | None
-    bot_user_id: str | None
-    token_type: str | None
-    scopes: tuple[str, ...]
-    access_token: str = dataclasses.field(repr=False)
-    refresh_token: str | None = dataclasses.field(default=None, repr=False)
-    expires_in: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PostedMessage:
-    """Where ``chat.postMessage`` put the message; ``thread_ts`` is its parent when Slack says
-    it went into a thread."""
-
-    channel: str
-    ts: str
-    thread_ts: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdatedMessage:
-    """The message ``chat.update`` edited."""
-
-    channel: str
-    ts: str
-
-
-def parse_retry_after(raw: str | None) -> int:
-    """Whole seconds to wait for a ``Retry-After`` value (delta-seconds or an HTTP-date).
-
-    Always within ``MIN_RETRY_AFTER``..``MAX_RETRY_AFTER``; ``DEFAULT_RETRY_AFTER`` when the
-    value is missing, NaN or unreadable. Never raises.
-    """
-    raw = (raw or "").strip()
-    if not raw or len(raw) > 64:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-            seconds = when.timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return DEFAULT_RETRY_AFTER
-    if math.isnan(seconds):
-        return DEFAULT_RETRY_AFTER
-    # Clamp before ceil: math.ceil(inf) raises OverflowError.
-    return int(math.ceil(min(float(MAX_RETRY_AFTER), max(float(MIN_RETRY_AFTER), seconds))))
-
-
-def classify(*, method: str, error: str, status: int | None = None,
-             retry_after: int | None = None) -> SlackApiError:
-    """The typed error for Slack's ``error`` string (or our ``http_*``/``timeout`` stand-ins)."""
-    kwargs: dict[str, t.Any] = {"method": method, "error": error, "status": status,
-                                "retry_after": retry_after}
-    if error in RATE_LIMIT_ERRORS:
-        kwargs["retry_after"] = (DEFAULT_RETRY_AFTER if retry_after is None
-                                 else parse_retry_after(str(retry_after)))
-        return RateLimited(**kwargs)
-    if error in DEAD_TOKEN_ERRORS:
-        return DeadToken(**kwargs)
-    if error in CHANNEL_ERRORS:
-        return ChannelError(**kwargs)
-    if error in MESSAGE_GONE_ERRORS:
-        return MessageGone(**kwargs)
-    if error in TRANSIENT_ERRORS or error.startswith(("http_5", "http_3")):
-        return TransientSlackError(**kwargs)
-    return SlackApiError(**kwargs)
-
-
-def _error_code(body: t.Mapping[str, t.Any], secrets: t.Iterable[str | None]) -> str:
-    error = body.get("error")
-    if not isinstance(error, str) or not _ERROR_RE.fullmatch(error):
-        return "unknown_error"
-    if any(secret and (secret in error or (len(error) >= 8 and error in secret))
-           for secret in secrets):
-        return "unknown_error"  # a hostile answer echoing what we sent
-    return error
-
-
-def _str(value: object, limit: int = 255) -> str | None:
-    return value if isinstance(value, str) and value and len(value) <= limit else None
-
 
 class SlackClient:
     """Connection-pooled, keep-alive client for ``api_url`` with explicit timeouts.
@@ -255,7 +134,7 @@ class SlackClient:
         if ok is not False:
             raise classify(method=method, error="invalid_response", status=status)
         # The client id is public (and short ids would match real codes); the rest is secret.
-        error = _error_code(body_json, (token, auth[1] if auth else None, *secrets))
+        error = error_code(body_json, (token, auth[1] if auth else None, *secrets))
         raise classify(method=method, error=error, status=status,
                        retry_after=parse_retry_after(response.headers.get("Retry-After"))
                        if error in RATE_LIMIT_ERRORS else None)
@@ -293,7 +172,7 @@ class SlackClient:
         team = team if isinstance(team, dict) else {}
         enterprise = body.get("enterprise")
         enterprise = enterprise if isinstance(enterprise, dict) else {}
-        token = _str(body.get("access_token"), 4096)
+        token = clean_str(body.get("access_token"), 4096)
         if token is None:
             raise SlackApiError(method="oauth.v2.access", error="no_access_token")
         expires_in = body.get("expires_in")
@@ -302,16 +181,16 @@ class SlackClient:
             expires_in = None
         scope = body.get("scope")
         return OAuthAccess(
-            team_id=_str(team.get("id")),
-            team_name=_str(team.get("name")),
-            enterprise_id=_str(enterprise.get("id")),
+            team_id=clean_str(team.get("id")),
+            team_name=clean_str(team.get("name")),
+            enterprise_id=clean_str(enterprise.get("id")),
             is_enterprise_install=body.get("is_enterprise_install") is True,
-            app_id=_str(body.get("app_id")),
-            bot_user_id=_str(body.get("bot_user_id")),
-            token_type=_str(body.get("token_type")),
+            app_id=clean_str(body.get("app_id")),
+            bot_user_id=clean_str(body.get("bot_user_id")),
+            token_type=clean_str(body.get("token_type")),
             scopes=tuple(s for s in scope.split(",") if s) if isinstance(scope, str) else (),
             access_token=token,
-            refresh_token=_str(body.get("refresh_token"), 4096),
+            refresh_token=clean_str(body.get("refresh_token"), 4096),
             # Clamped: a year is far beyond any real token lifetime, and keeps int() finite.
             expires_in=None if expires_in is None else int(min(max(expires_in, 0), 31536000)),
         )
@@ -341,13 +220,13 @@ class SlackClient:
             payload["reply_broadcast"] = True
         body = self._call("chat.postMessage", json_body=payload, token=token)
         ts = body.get("ts")
-        if not isinstance(ts, str) or not _TS_RE.fullmatch(ts):
+        if not isinstance(ts, str) or not TS_RE.fullmatch(ts):
             raise SlackApiError(method="chat.postMessage", error="missing_ts", status=200)
         message = body.get("message")
         parent = message.get("thread_ts") if isinstance(message, dict) else None
         return PostedMessage(channel=_channel(body, channel), ts=ts,
                              thread_ts=parent if isinstance(parent, str)
-                             and _TS_RE.fullmatch(parent) else None)
+                             and TS_RE.fullmatch(parent) else None)
 
     def chat_update(self, *, token: str, channel: str, ts: str, text: str,
                     blocks: t.Sequence[t.Mapping[str, t.Any]] | None = None) -> UpdatedMessage:
@@ -366,9 +245,9 @@ class SlackClient:
         # missing echo.
         return UpdatedMessage(channel=_channel(body, channel),
                               ts=answered if isinstance(answered, str)
-                              and _TS_RE.fullmatch(answered) else ts)
+                              and TS_RE.fullmatch(answered) else ts)
 
 
 def _channel(body: t.Mapping[str, t.Any], asked: str) -> str:
     channel = body.get("channel")
-    return channel if isinstance(channel, str) and _CHANNEL_RE.fullmatch(channel) else asked
+    return channel if isinstance(channel, str) and CHANNEL_RE.fullmatch(channel) else asked

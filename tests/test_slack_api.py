@@ -18,13 +18,13 @@ from driftwise_slack.errors import (
     SlackApiError,
     TransientSlackError,
 )
-from driftwise_slack.slack_api import (
+from driftwise_slack.slack_answers import (
     PostedMessage,
-    SlackClient,
     UpdatedMessage,
     classify,
     parse_retry_after,
 )
+from driftwise_slack.slack_api import SlackClient
 
 API = "https://slack.test/api/"
 TOKEN = "xoxb-CANARY-token"
