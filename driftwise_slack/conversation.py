@@ -251,23 +251,8 @@ def _error_excerpt(error: str) -> str:
     with a marker counting the characters left out by the line cap or the cut."""
     body = _fence_safe(_clean_error(error) or "no error message")
     head = "\n".join(body.split("\n")[:MAX_PARENT_ERROR_LINES])
-    dropped = len(body) - len(head)
-    if not dropped:
-        return _fit(body, MAX_PARENT_ERROR, _more)
-    # _fit marks only what it cuts itself; here lines are gone already, so always mark.
-    head = head[:MAX_PARENT_ERROR]
-
-    def size(keep: int) -> int:
-        return _width(escape(head[:keep])) + _width(_more(len(body) - keep))
-
-    low, high = 0, len(head)  # size() never decreases as *keep* grows, as in _fit
-    while low < high:
-        middle = (low + high + 1) // 2
-        if size(middle) <= MAX_PARENT_ERROR:
-            low = middle
-        else:
-            high = middle - 1
-    return escape(head[:low]) + _more(len(body) - low)
+    # Lines past the cap are gone already: count them in the marker, which then always shows.
+    return _fit(head, MAX_PARENT_ERROR, _more, total=len(body))
 
 
 def _fence_safe(body: str) -> str:

@@ -153,16 +153,19 @@ def _width(text: str) -> int:
     return len(text) + sum(1 for char in text if char > "\uffff")
 
 
-def _fit(raw: str, limit: int, marker: t.Callable[[int], str]) -> str:
+def _fit(raw: str, limit: int, marker: t.Callable[[int], str], *, total: int | None = None
+         ) -> str:
     """Escape *raw*, cut first if needed so that the escaped text plus its marker fits *limit*.
 
     Cutting before escaping means an entity such as ``&amp;`` is never split in half.
-    ``marker(n)`` is told how many characters of *raw* were left out.
+    ``marker(n)`` is told how many characters were left out, counted against ``total`` (default
+    ``len(raw)``): a caller that already dropped part of the text passes the whole length, and
+    then the marker is always shown.
     """
     escaped = escape(raw)
-    if _width(escaped) <= limit:
+    total = len(raw) if total is None else total
+    if total == len(raw) and _width(escaped) <= limit:
         return escaped
-    total = len(raw)
     raw = raw[:limit]  # escaping never shortens text, so nothing past here can fit
 
     def size(keep: int) -> int:
