@@ -182,3 +182,10 @@ class PayloadTooLarge(SlackIntegrationError):
 
     code = "too_large"
     message = "The request is too large."
+
+
+class MessageGone(SlackApiError):
+    """The message a reply or an edit points at is gone (``message_not_found``,
+    ``thread_not_found``, ``cant_update_message``): post top-level instead, or give the edit up."""
+
+    code = "slack_message_gone"

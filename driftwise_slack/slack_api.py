@@ -15,7 +15,14 @@ import typing as t
 
 import requests
 
-from .errors import ChannelError, DeadToken, RateLimited, SlackApiError, TransientSlackError
+from .errors import (
+    ChannelError,
+    DeadToken,
+    MessageGone,
+    RateLimited,
+    SlackApiError,
+    TransientSlackError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived"
 #: Slack errors worth trying again later.
 TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable",
                               "request_timeout", "team_added_to_org", "org_login_required"})
+#: Slack errors meaning the message we reply to or edit no longer exists.
+MESSAGE_GONE_ERRORS = frozenset({"message_not_found", "thread_not_found", "cant_update_message"})
 #: Rate-limit errors in the body (besides HTTP 429).
 RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
 #: Used when Slack sends 429 without a usable Retry-After.
@@ -81,6 +90,8 @@ def classify(*, method: str, error: str, status: int | None = None,
         return DeadToken(**kwargs)
     if error in CHANNEL_ERRORS:
         return ChannelError(**kwargs)
+    if error in MESSAGE_GONE_ERRORS:
+        return MessageGone(**kwargs)
     if error in TRANSIENT_ERRORS or error in ("timeout", "connection_error") \
             or error.startswith("http_5"):
         return TransientSlackError(**kwargs)
@@ -172,12 +183,30 @@ class SlackClient:
         return bool(self._call("auth.revoke", token=token).get("revoked"))
 
     def chat_post_message(self, *, token: str, channel: str, text: str,
-                          blocks: t.Sequence[t.Mapping[str, t.Any]] | None = None
+                          blocks: t.Sequence[t.Mapping[str, t.Any]] | None = None,
+                          thread_ts: str | None = None, reply_broadcast: bool = False
                           ) -> PostedMessage:
-        """Post a message. Raises a typed :class:`SlackApiError` subclass on any failure."""
+        """Post a message, as a reply in the thread of ``thread_ts`` when given (shown in the
+        channel too with ``reply_broadcast``). Raises a typed :class:`SlackApiError` subclass on
+        any failure; :class:`MessageGone` when the thread's parent no longer exists."""
         payload: dict[str, t.Any] = {"channel": channel, "text": text,
                                      "unfurl_links": False, "unfurl_media": False}
         if blocks:
             payload["blocks"] = list(blocks)
+        if thread_ts:
+            payload["thread_ts"] = thread_ts
+            if reply_broadcast:
+                payload["reply_broadcast"] = True
         body = self._call("chat.postMessage", json_body=payload, token=token)
         return PostedMessage(channel=str(body.get("channel") or channel), ts=str(body.get("ts")))
+
+    def chat_update(self, *, token: str, channel: str, ts: str, text: str,
+                    blocks: t.Sequence[t.Mapping[str, t.Any]] | None = None) -> PostedMessage:
+        """Replace the text and blocks of message ``ts`` in ``channel`` (a channel ID). Raises a
+        typed :class:`SlackApiError` subclass; :class:`MessageGone` when the message is gone or
+        may not be edited."""
+        payload: dict[str, t.Any] = {"channel": channel, "ts": ts, "text": text,
+                                     "blocks": list(blocks or [])}
+        body = self._call("chat.update", json_body=payload, token=token)
+        return PostedMessage(channel=str(body.get("channel") or channel),
+                             ts=str(body.get("ts") or ts))
