@@ -170,9 +170,10 @@ def digest(items: t.Sequence[DigestItem], *, total: int | None = None,
     ``None`` means ``len(items)``). Items are taken in the order given and never skipped to fit
     a later one, so nothing starves; each entry is bounded, so at least one always fits. When
     not all of *total* are listed, the last block says "…and N more — see all in DriftWise", a
-    link to *more_link* (the delivery list) when that is an http(s) URL. Within Block Kit's limits: at most
-    :data:`~.messages.MAX_BLOCKS` blocks, sections within 3,000 characters, all block strings
-    within :data:`MAX_DIGEST_BLOCKS_TEXT`, fallback within :data:`MAX_DIGEST_TEXT`.
+    link to *more_link* (the delivery list) when that is an http(s) URL. Within Block Kit's
+    limits: at most :data:`~.messages.MAX_BLOCKS` blocks, sections within 3,000 characters,
+    all block strings within :data:`MAX_DIGEST_BLOCKS_TEXT`, fallback within
+    :data:`MAX_DIGEST_TEXT`.
     Raises :class:`ValueError` when *items* is empty: a digest of nothing must not be posted.
     """
     if not items:

@@ -264,7 +264,8 @@ def test_total_beyond_the_items_counts_as_more() -> None:
     result = digest([item(1), item(2)], total=7, more_link=None)
     assert result.included == (1, 2) and result.more == 5
     assert result.message.blocks[0]["text"]["text"].endswith("failures: 7")
-    assert result.message.blocks[-2]["text"]["text"] == "\u2026and 5 more \u2014 see all in DriftWise."
+    assert result.message.blocks[-2]["text"]["text"] == (
+        "\u2026and 5 more \u2014 see all in DriftWise.")
 
 
 @pytest.mark.parametrize("total", [None, 0, 1, -5])

@@ -11,12 +11,12 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+
 from delivery_helpers import connect, deliveries, fail_scan, schedule, wait_for, worker_env
+from driftwise_slack.messages import SlackMessage
 from factories import ApiActions, EmulatorClient
 from message_checks import assert_inert, texts
 from processes import RQWorker
-
-from driftwise_slack.messages import SlackMessage
 
 Start = t.Callable[..., RQWorker]
 CHANNEL = "C0ALERTS"
