@@ -31,6 +31,8 @@ DEFAULT_SLACK_TIMEOUT = 10.0
 DEFAULT_DELIVERY_RETENTION_DAYS = 30
 #: The bot's display name, used in "/invite @..." hints.
 DEFAULT_BOT_NAME = "driftwise"
+#: Waiting notifications of one channel that go out as one digest (0: never).
+DEFAULT_DIGEST_MIN = 3
 #: The scopes we ask for; the spec fixes them.
 SCOPES = ("chat:write", "incoming-webhook")
 #: Shortest acceptable server encryption key.
@@ -82,6 +84,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("SLACK_SIGNING_SECRET", "signing_secret", "verifies Events API requests",
            "none: events route off"),
     Option("SLACK_APP_ID", "app_id", "the app id the exchange must report", "none: not checked"),
+    Option("SLACK_THREADS", "threads",
+           "thread a schedule's repeated failures under one parent message kept up to date; "
+           "off: every message top-level, no edits", "on"),
+    Option("SLACK_DIGEST_MIN", "digest_min",
+           "waiting notifications for one channel that go out as one digest; 0: never",
+           str(DEFAULT_DIGEST_MIN)),
     Option("DRIFTWISE_DELIVERY_RETENTION_DAYS", "delivery_retention_days",
            "days a delivery row is kept before cleanup prunes it",
            str(DEFAULT_DELIVERY_RETENTION_DAYS)),
@@ -130,6 +138,10 @@ class Settings:
     signing_secret: str | None = dataclasses.field(default=None, repr=False)
     #: ``SLACK_APP_ID``
     app_id: str | None = None
+    #: ``SLACK_THREADS``: one thread per failing schedule, its parent kept current.
+    threads: bool = True
+    #: ``SLACK_DIGEST_MIN``: this many waiting notifications of one channel make a digest; 0 never.
+    digest_min: int = DEFAULT_DIGEST_MIN
     #: ``DRIFTWISE_DELIVERY_RETENTION_DAYS``
     delivery_retention_days: int = DEFAULT_DELIVERY_RETENTION_DAYS
     #: ``DRIFTWISE_DEMO``
@@ -153,6 +165,21 @@ def _as_bool(value: t.Any) -> bool:
     if isinstance(value, bool):
         return value
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_switch(name: str, value: t.Any, *, default: bool) -> bool:
+    """An on/off option: ``1/true/yes/on`` or ``0/false/no/off`` (any case); ``None`` is the
+    default. Anything else raises :class:`ConfigurationError` rather than guessing."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be on or off, got {value!r}.")
 
 
 def parse_int(name: str, value: t.Any, *, minimum: int) -> int:
@@ -245,6 +272,10 @@ def load_settings(
         bot_name=str(raw["bot_name"] or DEFAULT_BOT_NAME),
         signing_secret=raw["signing_secret"],
         app_id=raw["app_id"],
+        threads=parse_switch("SLACK_THREADS", raw["threads"], default=True),
+        digest_min=parse_int("SLACK_DIGEST_MIN",
+                             raw["digest_min"] if raw["digest_min"] is not None
+                             else DEFAULT_DIGEST_MIN, minimum=0),
         delivery_retention_days=parse_int(
             "DRIFTWISE_DELIVERY_RETENTION_DAYS",
             raw["delivery_retention_days"] or DEFAULT_DELIVERY_RETENTION_DAYS, minimum=1),

@@ -151,9 +151,10 @@ class Digest:
 
     ``included`` are the keys of the items listed in it, in order: a prefix of the items given.
     Each of them has its own line in the blocks *and* in the fallback ``text`` (so it is visible
-    even if Slack refuses the blocks and the text goes alone); mark exactly those sent. Items
-    not included are not mentioned by name, only counted in ``more``; leave them waiting for
-    the next digest.
+    even if Slack refuses the blocks and the text goes alone). Items not included are not
+    mentioned by name, only counted in ``more`` ("and N more", linking to the delivery list):
+    the digest covers them too, so record them sent in it like the listed ones — one message
+    instead of hundreds is the point, and the delivery list names each of them.
     """
 
     message: SlackMessage
@@ -168,10 +169,11 @@ def digest(items: t.Sequence[DigestItem], *, total: int | None = None,
     *total* is how many notifications wait for the channel in all (at least ``len(items)``;
     ``None`` means ``len(items)``). Items are taken in the order given and never skipped to fit
     a later one, so nothing starves; each entry is bounded, so at least one always fits. When
-    not all of *total* are listed, the last block says "…and N more, to follow" with a link to
-    *more_link* when that is an http(s) URL. Within Block Kit's limits: at most
-    :data:`~.messages.MAX_BLOCKS` blocks, sections within 3,000 characters, all block strings
-    within :data:`MAX_DIGEST_BLOCKS_TEXT`, fallback within :data:`MAX_DIGEST_TEXT`.
+    not all of *total* are listed, the last block says "…and N more — see all in DriftWise", a
+    link to *more_link* (the delivery list) when that is an http(s) URL. Within Block Kit's
+    limits: at most :data:`~.messages.MAX_BLOCKS` blocks, sections within 3,000 characters,
+    all block strings within :data:`MAX_DIGEST_BLOCKS_TEXT`, fallback within
+    :data:`MAX_DIGEST_TEXT`.
     Raises :class:`ValueError` when *items* is empty: a digest of nothing must not be posted.
     """
     if not items:
@@ -226,10 +228,10 @@ def _more_section(more: int, link: str | None) -> dict[str, t.Any]:
 
 
 def _more_line(more: int, link: str | None) -> str:
-    text = f"{_ELLIPSIS}and {more:d} more, to follow."
+    text = f"{_ELLIPSIS}and {more:d} more \u2014 "
     if _is_web_link(link) and len(link) <= MAX_DIGEST_LINK:
-        text += f" {_link(link, 'See every delivery in DriftWise')}"
-    return text
+        return text + _link(link, "see all in DriftWise")
+    return text + "see all in DriftWise."
 
 
 def _link(url: str, label: str) -> str:

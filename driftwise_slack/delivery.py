@@ -14,7 +14,7 @@ import typing as t
 
 from redis.exceptions import RedisError
 
-from . import messages
+from . import digests, edits, messages, streaks
 from .access import plan_allows_slack
 from .errors import (
     ChannelError,
@@ -26,13 +26,14 @@ from .errors import (
     VaultError,
 )
 from .host import EventType
-from .models import Delivery, DeliveryStatus, Installation, utcnow
+from .models import PARENT_UPDATE, Delivery, DeliveryStatus, Installation, utcnow
 from .queue import enqueue_delivery, get_queue, job_id_for, lane_of, park_lane
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
 
 if t.TYPE_CHECKING:
     from .deps import Deps
+    from .slack_answers import PostedMessage
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,11 @@ class _Outcome:
 
     def __init__(self, status: DeliveryStatus, reason: str | None = None, *,
                  slack_error: str | None = None, delay: float | None = None,
-                 ts: str | None = None, refund: bool = False) -> None:
+                 ts: str | None = None, refund: bool = False, thread_ts: str | None = None,
+                 digest: bool = False) -> None:
         self.status, self.reason, self.slack_error = status, reason, slack_error
         self.delay, self.ts, self.refund = delay, ts, refund
+        self.thread_ts, self.digest = thread_ts, digest
 
 
 def deliver_one(deps: Deps, delivery_id: int) -> str:
@@ -92,6 +95,11 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
     deliveries.commit_fast()
     # A channel Slack has told us to leave alone: reschedule before any other work, so a
     # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
+    if row.event_type == PARENT_UPDATE:
+        # A parent edit: its own pacing key, never the channel's post slot (see edits).
+        edit = edits.edit_parent(deps, row, max_attempts=MAX_ATTEMPTS, backoff=backoff)
+        return _record(deps, row, _Outcome(edit.status, edit.reason, slack_error=edit.slack_error,
+                                           delay=edit.delay, ts=edit.ts, refund=edit.refund))
     held = deps.pacer.held(scope=f"org:{row.org_id}", channel=row.channel or "")
     if held > 0:
         _park(deps, row, held)
@@ -151,22 +159,58 @@ def _attempt(deps: Deps, row: Delivery) -> _Outcome:
         return _dead(deps, installation, exc)
     except (TransientSlackError, RateLimited) as exc:
         return _retry_or_fail(row, exc)
-    message = _message(deps, row)
+    def send(message: messages.SlackMessage, *, thread_ts: str | None = None,
+             broadcast: bool = False) -> PostedMessage:
+        return _post(deps, row, token, message, thread_ts=thread_ts, broadcast=broadcast)
+
+    others = digests.claim(deps, row, lease_until=utcnow() + SEND_LEASE)
+    if others:
+        return _digest(deps, row, installation, others, send)
     try:
-        posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
-                                               blocks=message.blocks)
-    except SlackApiError as exc:
-        if exc.error in PAYLOAD_ERRORS:
-            log.error("delivery %s: Slack refused our blocks (%s); sending plain text", row.id,
-                      exc.error)
-            try:
-                posted = deps.slack.chat_post_message(token=token, channel=channel,
-                                                       text=message.text)
-            except SlackApiError as again:
-                return _classify(deps, row, installation, again)
+        if deps.settings.threads:
+            sent = streaks.post_in_conversation(
+                deps, row, team_id=installation.team_id, send=send,
+                link=deps.host.schedule_url(org_id=row.org_id, schedule_id=row.schedule_id))
         else:
-            return _classify(deps, row, installation, exc)
-    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts)
+            sent = streaks.Sent(ts=send(_message(deps, row)).ts)
+    except SlackApiError as exc:
+        return _classify(deps, row, installation, exc)
+    return _Outcome(DeliveryStatus.SENT, None, ts=sent.ts, thread_ts=sent.thread_ts)
+
+
+def _post(deps: Deps, row: Delivery, token: str, message: messages.SlackMessage, *,
+          thread_ts: str | None, broadcast: bool) -> PostedMessage:
+    """Post to the row's channel; blocks Slack refuses go once more as plain text."""
+    channel = t.cast(str, row.channel)
+    try:
+        return deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
+                                            blocks=message.blocks, thread_ts=thread_ts,
+                                            reply_broadcast=broadcast)
+    except SlackApiError as exc:
+        if exc.error not in PAYLOAD_ERRORS:
+            raise
+        log.error("delivery %s: Slack refused our blocks (%s); sending plain text", row.id,
+                  exc.error)
+        return deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
+                                            thread_ts=thread_ts, reply_broadcast=broadcast)
+
+
+def _digest(deps: Deps, row: Delivery, installation: Installation, others: list[Delivery],
+            send: streaks.Send) -> _Outcome:
+    """Send ``row`` and ``others`` as one digest; they all share its outcome."""
+    rows = sorted([row, *others], key=lambda r: r.id)
+    try:
+        posted = send(digests.build(deps, rows).message)
+    except SlackApiError as exc:
+        outcome = _classify(deps, row, installation, exc)
+        digests.release(deps, others, status=outcome.status, reason=outcome.reason,
+                        slack_error=outcome.slack_error, delay=outcome.delay,
+                        grace=SCHEDULE_GRACE)
+        return outcome
+    digests.record_sent(others, ts=posted.ts, team_id=installation.team_id)
+    streaks.fold_into_threads(deps, rows, team_id=installation.team_id,
+                              channel=t.cast(str, row.channel))
+    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts, digest=True)
 
 
 def _classify(deps: Deps, row: Delivery, installation: Installation,
@@ -222,6 +266,7 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
         row.attempts = max(0, row.attempts - 1)
     if outcome.status is DeliveryStatus.SENT:
         row.slack_ts, row.sent_at, row.lease_until = outcome.ts, now, None
+        row.thread_ts, row.digest = outcome.thread_ts, outcome.digest
     elif outcome.status is DeliveryStatus.QUEUED:
         delay = outcome.delay or 0.0
         row.not_before = now + dt.timedelta(seconds=delay)

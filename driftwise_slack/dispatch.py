@@ -10,18 +10,14 @@ import datetime as dt
 import logging
 import typing as t
 
-from redis.exceptions import RedisError
-from sqlalchemy import event as sa_event
-from sqlalchemy import update
-
-from .host import ScanEvent
+from .host import EventType, ScanEvent
 from .models import Delivery, DeliveryStatus, utcnow
-from .queue import enqueue_delivery, get_queue, job_id_for
+from .outbox import enqueue_after_commit, enqueue_when_committed
+from .queue import job_id_for
 from .repository import DeliveryRepository
+from .streaks import recover
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from .deps import Deps
 
 log = logging.getLogger(__name__)
@@ -58,6 +54,9 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
     caller's) and the job is queued only after that transaction commits; otherwise this commits
     the row itself. Event types that are not sent to Slack are ignored.
     """
+    if event.type is EventType.SCAN_SUCCEEDED:
+        recover(deps, event, in_caller_transaction=in_caller_transaction)
+        return
     if not event.type.notifies:
         log.debug("event %s is not sent to Slack", event.type.value)
         return
@@ -83,47 +82,4 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
         db.commit()
         enqueue_after_commit(deps, delivery_id, job_id)
     else:
-        _enqueue_when_committed(deps, delivery_id, job_id)
-
-
-_PENDING = "driftwise_slack.pending_enqueues"
-
-
-def _enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str) -> None:
-    """Queue after the caller's commit; forget it if the caller rolls back instead."""
-    db = deps.session
-    db.info.setdefault(_PENDING, []).append((deps, delivery_id, job_id))
-    if not sa_event.contains(db, "after_commit", _drain):
-        sa_event.listen(db, "after_commit", _drain)
-        sa_event.listen(db, "after_rollback", _discard)
-
-
-def _drain(db: Session) -> None:
-    for deps, delivery_id, job_id in db.info.pop(_PENDING, []):
-        enqueue_after_commit(deps, delivery_id, job_id)
-
-
-def _discard(db: Session) -> None:
-    db.info.pop(_PENDING, None)
-
-
-def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str) -> None:
-    """Queue the committed row; on a Redis outage mark it ``pending`` for the sweeper."""
-    try:
-        enqueue_delivery(get_queue(deps.redis()), delivery_id, job_id=job_id)
-    except RedisError as exc:
-        log.error("could not queue delivery %s (%s); the sweeper will retry", delivery_id,
-                  type(exc).__name__)
-        _mark_pending(deps, delivery_id)
-
-
-def _mark_pending(deps: Deps, delivery_id: int) -> None:
-    """Hand the row to the sweeper now; if even that fails, its lease runs out in a minute."""
-    try:
-        with deps.engine.begin() as conn:
-            conn.execute(update(Delivery).where(Delivery.id == delivery_id,
-                                                Delivery.status == DeliveryStatus.QUEUED.value)
-                         .values(status=DeliveryStatus.PENDING.value, lease_until=None,
-                                 job_id=None, updated_at=utcnow()))
-    except Exception:
-        log.exception("could not mark delivery %s pending; its lease will lapse", delivery_id)
+        enqueue_when_committed(deps, delivery_id, job_id)

@@ -150,15 +150,24 @@ UNFINISHED_SQL = status_sql(UNFINISHED_STATUSES)
 #: The predicate of the partial index over finished rows (what cleanup deletes).
 FINAL_SQL = status_sql(FINAL_STATUSES)
 
+#: ``event_type`` of a row that edits a streak's parent message: queued, leased, retried and
+#: swept like a notification, but no notification of its own, so never listed or digested.
+PARENT_UPDATE = "parent_update"
+#: The predicate of the list indexes: user-visible deliveries only (a literal, see status_sql).
+LISTED_SQL = f"event_type <> '{PARENT_UPDATE}'"
+
 
 class Delivery(Base):
     """One notification for one scan event: the outbox row and the delivery ledger at once."""
 
     __tablename__ = "slack_deliveries"
     __table_args__ = (
-        # The two delivery lists (org-wide and per schedule), newest first by id.
-        Index("ix_slack_deliveries_org", "org_id", "id"),
-        Index("ix_slack_deliveries_org_schedule", "org_id", "schedule_id", "id"),
+        # The two delivery lists (org-wide and per schedule), newest first by id; parent edits
+        # are left out of the index as they are out of the list.
+        Index("ix_slack_deliveries_org", "org_id", "id",
+              postgresql_where=text(LISTED_SQL), sqlite_where=text(LISTED_SQL)),
+        Index("ix_slack_deliveries_org_schedule", "org_id", "schedule_id", "id",
+              postgresql_where=text(LISTED_SQL), sqlite_where=text(LISTED_SQL)),
         # The sweeper's scan: its cost follows the unfinished rows, not the history.
         Index("ix_slack_deliveries_unfinished", "id",
               postgresql_where=text(UNFINISHED_SQL), sqlite_where=text(UNFINISHED_SQL)),
@@ -199,6 +208,48 @@ class Delivery(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow,
                                                     onupdate=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Streak(Base):
+    """One conversation per (org, workspace, channel, schedule): the failure streak's parent
+    message and the state it should show. Reset in place when a new streak starts.
+
+    ``version`` goes up on every change of state; ``edited_version`` is the version the parent
+    last showed, so an edit that finds ``edited_version >= version`` has nothing to do.
+    ``recovered_at`` is ``None`` while the streak is open.
+    """
+
+    __tablename__ = "slack_streaks"
+    __table_args__ = (
+        UniqueConstraint("org_id", "team_id", "channel", "schedule_id",
+                         name="uq_slack_streaks_conversation"),
+        Index("ix_slack_streaks_open", "org_id", "schedule_id",
+              postgresql_where=text("recovered_at IS NULL"),
+              sqlite_where=text("recovered_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    team_id: Mapped[str] = mapped_column(String(32))
+    #: The schedule's channel as configured (``#alerts`` or an ID): the conversation key.
+    channel: Mapped[str] = mapped_column(String(128))
+    #: The channel ID Slack answered with; ``chat.update`` needs it.
+    channel_id: Mapped[str | None] = mapped_column(String(32))
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    schedule_name: Mapped[str] = mapped_column(String(255))
+    parent_ts: Mapped[str | None] = mapped_column(String(32))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    disable_after: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    first_failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_failed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    recovered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    edited_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow,
+                                                    onupdate=utcnow)
 
 
 class SeenEvent(Base):

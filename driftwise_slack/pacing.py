@@ -50,16 +50,19 @@ class ChannelPacer:
     def _hold_key(self, scope: str, channel: str) -> str:
         return f"{_HOLD_PREFIX}{scope}:{channel}"
 
-    def wait_for(self, *, team_id: str, channel: str) -> float:
-        """0 when a slot was taken for a post now; otherwise seconds to wait before asking again."""
+    def wait_for(self, *, team_id: str, channel: str, rate: str | None = None) -> float:
+        """0 when a slot was taken for a post now; otherwise seconds to wait before asking again.
+        ``rate`` (a ``limits`` string) replaces the channel rate, for keys of their own such as
+        parent edits (``team_id`` then names that key, e.g. ``edit:T123``)."""
+        item = parse(rate) if rate else self.item
         try:
             held_ms = self._connect().pttl(self._hold_key(team_id, channel))
             if held_ms and held_ms > 0:
                 return max(MIN_WAIT, held_ms / 1000)
             limiter = self._window()
-            if limiter.hit(self.item, team_id, channel):
+            if limiter.hit(item, team_id, channel):
                 return 0.0
-            stats = limiter.get_window_stats(self.item, team_id, channel)
+            stats = limiter.get_window_stats(item, team_id, channel)
             return max(MIN_WAIT, stats.reset_time - time.time())
         except RedisError as exc:
             log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)

@@ -17,6 +17,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .models import (
     FINAL_SQL,
+    LISTED_SQL,
+    PARENT_UPDATE,
     UNFINISHED_SQL,
     AdminNotice,
     Delivery,
@@ -215,7 +217,9 @@ class DeliveryRepository:
         planner may walk the primary key backwards past every other org's newer rows when it
         guesses this org's rows are spread evenly, which for an org gone quiet they are not.
         """
-        ids = select(Delivery.id).where(Delivery.org_id == org_id)
+        # LISTED_SQL as a literal: the predicate of both list indexes (parent edits are no
+        # delivery a person asked for, so neither the list nor its indexes hold them).
+        ids = select(Delivery.id).where(Delivery.org_id == org_id, text(LISTED_SQL))
         if schedule_id is not None:
             ids = ids.where(Delivery.schedule_id == schedule_id)
         if before_id is not None:
@@ -223,6 +227,41 @@ class DeliveryRepository:
         page = ids.order_by(Delivery.id.desc()).limit(limit).scalar_subquery()
         return list(self.session.scalars(
             select(Delivery).where(self._id_in(page)).order_by(Delivery.id.desc())))
+
+    def _waiting_ids(self, *, org_id: str, channel: str, exclude_id: int) -> t.Any:
+        """Notifications of one lane that nobody holds: queued or pending, not edits."""
+        waiting = (DeliveryStatus.PENDING.value, DeliveryStatus.QUEUED.value)
+        return select(Delivery.id).where(
+            Delivery.org_id == org_id, Delivery.channel == channel, text(UNFINISHED_SQL),
+            Delivery.status.in_(waiting), Delivery.event_type != PARENT_UPDATE,
+            Delivery.id != exclude_id)
+
+    def waiting(self, *, org_id: str, channel: str, exclude_id: int, limit: int) -> int:
+        """How many notifications of the lane (org, channel) wait, besides ``exclude_id``;
+        counted up to ``limit`` (enough to decide on a digest), by the lane's partial index."""
+        ids = self._waiting_ids(org_id=org_id, channel=channel, exclude_id=exclude_id)
+        return int(self.session.scalar(
+            select(func.count()).select_from(ids.limit(limit).subquery())) or 0)
+
+    def claim_lane(self, *, org_id: str, channel: str, exclude_id: int, now: dt.datetime,
+                   lease_until: dt.datetime, limit: int) -> list[Delivery]:
+        """Take up to ``limit`` waiting notifications of the lane for one digest, oldest first,
+        in ONE conditional ``UPDATE .. RETURNING``: a row is taken only while it is still queued
+        or pending, so no row is ever held by two digests (or a digest and its own job). The
+        rows go ``sending`` under ``lease_until``; attempts are not counted (the digest's
+        outcome decides). Returned oldest first."""
+        ids = (self._waiting_ids(org_id=org_id, channel=channel, exclude_id=exclude_id)
+               .order_by(Delivery.id).limit(limit).scalar_subquery())
+        rows = self.session.scalars(
+            update(Delivery)
+            .where(self._id_in(ids),
+                   Delivery.status.in_((DeliveryStatus.PENDING.value,
+                                        DeliveryStatus.QUEUED.value)))
+            .values(status=DeliveryStatus.SENDING.value, lease_until=lease_until,
+                    updated_at=now)
+            .returning(Delivery)
+            .execution_options(synchronize_session=False, populate_existing=True)).all()
+        return sorted(rows, key=lambda row: row.id)
 
     def _id_in(self, ids: t.Any) -> ColumnElement[bool]:
         """``id`` in the subquery ``ids``, written so PostgreSQL looks each id up by primary

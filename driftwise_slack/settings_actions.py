@@ -71,6 +71,7 @@ def _delivery_json(row: Delivery) -> dict[str, t.Any]:
         "reason": row.reason, "attempts": row.attempts,
         "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
         "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+        "slack_ts": row.slack_ts, "thread_ts": row.thread_ts, "digest": bool(row.digest),
     }
 
 

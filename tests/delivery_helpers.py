@@ -26,7 +26,7 @@ FINAL = frozenset(s.value for s in DeliveryStatus if s.final)
 #: Settings the worker subprocess must share with the test's app.
 WORKER_KEYS = ("DATABASE_URL", "REDIS_URL", "DRIFTWISE_ENCRYPTION_KEY", "SLACK_CLIENT_ID",
                "SLACK_CLIENT_SECRET", "SLACK_API_URL", "SLACK_AUTHORIZE_URL", "SLACK_TIMEOUT",
-               "DRIFTWISE_BASE_URL", "SLACK_CHANNEL_RATE")
+               "DRIFTWISE_BASE_URL", "SLACK_CHANNEL_RATE", "SLACK_THREADS", "SLACK_DIGEST_MIN")
 
 
 def wait_for(predicate: t.Callable[[], t.Any], *, timeout: float = 10.0, interval: float = 0.05,

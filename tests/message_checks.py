@@ -11,7 +11,7 @@ from driftwise_slack.messages import SlackMessage
 #: Our own date tokens: the only markup the builders write besides their own links.
 DATE_TOKEN = re.compile(r"<!date\^\d+\^[^|<>]*\|[^<>]*>")
 #: Our own mrkdwn links: an http(s) URL with no ``<``, ``>``, ``|`` or space, then a fixed label.
-OWN_LINK = re.compile(r"<https?://[^\s<>|]+\|(open|See every delivery in DriftWise)>")
+OWN_LINK = re.compile(r"<https?://[^\s<>|]+\|(open|see all in DriftWise)>")
 MENTION = re.compile(r"@(channel|here|everyone)", re.IGNORECASE)
 BARE_AMPERSAND = re.compile(r"&(?!amp;|lt;|gt;)")
 INJECTIONS = [

@@ -117,7 +117,7 @@ def test_connect_deliver_and_disconnect(page: Page, host: Host, actions: ApiActi
             (By.CSS_SELECTOR, 'article.message[data-channel="C0ALERTS"]')),
             "the channel view shows no message in #alerts")
         assert SCHEDULE in article.text
-        assert "Scheduled scan failed" in article.text
+        assert "Failing: " in article.text  # the first failure opens its thread (SPEC §7)
         page.shot("delivered-message")
 
         page.driver.get(host.url + "/settings")

@@ -254,8 +254,7 @@ def test_digest_of_a_storm_says_how_many_more() -> None:
     assert 10 <= shown < 50 and result.included == tuple(range(shown))
     assert result.more == 500 - shown
     last = result.message.blocks[-2]["text"]["text"]
-    assert last == (f"\u2026and {500 - shown} more, to follow. "
-                    f"<{DELIVERIES}|See every delivery in DriftWise>")
+    assert last == f"\u2026and {500 - shown} more \u2014 <{DELIVERIES}|see all in DriftWise>"
     assert result.message.text.endswith(last)
     assert len(entries(result.message)) == shown
     assert_within_limits(result.message, fallback=40_000)
@@ -265,7 +264,8 @@ def test_total_beyond_the_items_counts_as_more() -> None:
     result = digest([item(1), item(2)], total=7, more_link=None)
     assert result.included == (1, 2) and result.more == 5
     assert result.message.blocks[0]["text"]["text"].endswith("failures: 7")
-    assert result.message.blocks[-2]["text"]["text"] == "\u2026and 5 more, to follow."
+    assert result.message.blocks[-2]["text"]["text"] == (
+        "\u2026and 5 more \u2014 see all in DriftWise.")
 
 
 @pytest.mark.parametrize("total", [None, 0, 1, -5])

@@ -37,7 +37,10 @@ from factories import ACME, GLOBEX, EmulatorClient
 @pytest.fixture
 def app(make_app: t.Callable[..., t.Any]) -> t.Any:
     # Pacing has its own test (test_worker.py); here it only needs to stay out of the way.
-    return make_app(SLACK_CHANNEL_RATE="50 per second")
+    # One message per notification: threads and digests have their own tests
+    # (test_conversations.py).
+    return make_app(SLACK_CHANNEL_RATE="50 per second", SLACK_THREADS="off",
+                    SLACK_DIGEST_MIN=0)
 
 
 def block_texts(message: dict[str, t.Any]) -> str:

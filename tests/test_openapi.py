@@ -193,7 +193,8 @@ def test_nullable_fields_accept_null() -> None:
     delivery = {"id": 1, "schedule_id": "1", "schedule_name": "nightly",
                 "kind": "scheduled_scan_failed", "channel": None, "status": "skipped",
                 "reason": None, "attempts": 0, "created_at": "2024-05-01T12:00:00+00:00",
-                "updated_at": "2024-05-01T12:00:00+00:00", "sent_at": None}
+                "updated_at": "2024-05-01T12:00:00+00:00", "sent_at": None,
+                "slack_ts": None, "thread_ts": None, "digest": False}
     validator_for("/components/schemas/DeliveryPage").validate(
         {"deliveries": [delivery], "next_cursor": None})
 

@@ -258,6 +258,9 @@
     if (d.channel) { item.appendChild(el("span", "muted", d.channel)); }
     item.appendChild(el("span", "muted", formatDate(d.sent_at || d.created_at)));
     if (d.attempts > 1) { item.appendChild(el("span", "muted", d.attempts + " attempts")); }
+    // Where it went in Slack: a reply in the schedule's thread, or one line of a digest.
+    if (d.digest) { item.appendChild(el("span", "muted delivery-where", "in a digest")); }
+    else if (d.thread_ts) { item.appendChild(el("span", "muted delivery-where", "reply in thread")); }
     if (d.reason) { item.appendChild(el("div", "delivery-reason", d.reason)); }
     return item;
   }

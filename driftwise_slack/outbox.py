@@ -1,0 +1,69 @@
+"""Putting committed delivery rows on the queue: now, or once the caller's transaction commits.
+
+The row is the promise. If Redis cannot take the job, the row is marked ``pending`` and the
+sweeper queues it later; if even that write fails, its lease lapses and the sweeper finds it.
+Shared by the dispatcher (notifications) and the conversation use-cases (parent edits).
+"""
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from redis.exceptions import RedisError
+from sqlalchemy import event as sa_event
+from sqlalchemy import update
+
+from .models import Delivery, DeliveryStatus, utcnow
+from .queue import enqueue_delivery, get_queue
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from .deps import Deps
+
+log = logging.getLogger(__name__)
+
+_PENDING = "driftwise_slack.pending_enqueues"
+
+
+def enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str, *,
+                           delay: float = 0.0) -> None:
+    """Queue after the commit of ``deps.session`` (due ``delay`` seconds later); forget it if
+    that session rolls back."""
+    db = deps.session
+    db.info.setdefault(_PENDING, []).append((deps, delivery_id, job_id, delay))
+    if not sa_event.contains(db, "after_commit", _drain):
+        sa_event.listen(db, "after_commit", _drain)
+        sa_event.listen(db, "after_rollback", _discard)
+
+
+def _drain(db: Session) -> None:
+    for deps, delivery_id, job_id, delay in db.info.pop(_PENDING, []):
+        enqueue_after_commit(deps, delivery_id, job_id, delay=delay)
+
+
+def _discard(db: Session) -> None:
+    db.info.pop(_PENDING, None)
+
+
+def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str, *,
+                         delay: float = 0.0) -> None:
+    """Queue the committed row; on a Redis outage mark it ``pending`` for the sweeper."""
+    try:
+        enqueue_delivery(get_queue(deps.redis()), delivery_id, job_id=job_id, delay=delay)
+    except RedisError as exc:
+        log.error("could not queue delivery %s (%s); the sweeper will retry", delivery_id,
+                  type(exc).__name__)
+        _mark_pending(deps, delivery_id)
+
+
+def _mark_pending(deps: Deps, delivery_id: int) -> None:
+    """Hand the row to the sweeper now; if even that fails, its lease runs out in a minute."""
+    try:
+        with deps.engine.begin() as conn:
+            conn.execute(update(Delivery).where(Delivery.id == delivery_id,
+                                                Delivery.status == DeliveryStatus.QUEUED.value)
+                         .values(status=DeliveryStatus.PENDING.value, lease_until=None,
+                                 job_id=None, updated_at=utcnow()))
+    except Exception:
+        log.exception("could not mark delivery %s pending; its lease will lapse", delivery_id)
