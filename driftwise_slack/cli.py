@@ -12,7 +12,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SlackIntegrationError
 from .rotation import rotate_tokens
 from .runtime import get_runtime
 from .worker import housekeeping, run_worker, sweep
@@ -46,7 +46,11 @@ def _print(obj: t.Mapping[str, t.Any]) -> None:
 @slack_cli.command("rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored token with the current DRIFTWISE_ENCRYPTION_KEY."""
-    _print(rotate_tokens(get_runtime().deps()))
+    try:
+        _print(rotate_tokens(get_runtime().deps()))
+    except SlackIntegrationError as exc:
+        _print({"error": exc.code, "message": exc.message})
+        raise SystemExit(1) from None
 
 
 @slack_cli.command("worker")

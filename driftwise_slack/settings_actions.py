@@ -5,16 +5,28 @@ ones of :mod:`driftwise_slack.access`.
 """
 from __future__ import annotations
 
+import logging
 import typing as t
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import messages
 from .access import require_caller, require_manager, require_member, require_plan
 from .deps import Deps
-from .errors import BadRequest, ChannelError, DeadToken, NotInstalled, VaultError
+from .errors import (
+    BadRequest,
+    ChannelError,
+    DeadToken,
+    NotInstalled,
+    StorageFailed,
+    VaultError,
+)
 from .host import Caller
 from .models import Delivery
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
+
+log = logging.getLogger(__name__)
 
 #: Longest channel reference we accept (Slack names are at most 80 characters).
 MAX_CHANNEL = 90
@@ -49,6 +61,13 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         token = refresh_if_due_and_open(deps, row)
     except VaultError:
         raise NotInstalled("The stored Slack token cannot be used. Reconnect Slack.") from None
+    except SQLAlchemyError as exc:
+        # Storing a refreshed token failed: the error's text holds the sealed tokens.
+        deps.session.rollback()
+        log.error("installation %s: storing the refreshed token failed (%s)", row.id,
+                  type(exc).__name__)
+        raise StorageFailed("DriftWise could not save the refreshed Slack token. "
+                            "Try again in a minute.") from None
     message = messages.test_message(org_name=None, link=None)
     try:
         posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
