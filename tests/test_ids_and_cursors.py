@@ -79,3 +79,13 @@ def test_the_hosts_fail_route_refuses_bad_schedule_ids(backend: ApiActions) -> N
 def test_bad_ids_need_a_caller_first(backend: ApiActions) -> None:
     response = backend.client.post(f"/api/v2/schedules/{2**64}/fail", json={})
     assert response.status_code == 401 and response.is_json
+
+
+@pytest.mark.parametrize("command", [["fail-scan"], ["fail-scans", "1"], ["succeed-scan"]])
+def test_the_host_commands_refuse_ids_past_64_bits(backend: ApiActions,
+                                                   command: list[str]) -> None:
+    backend.owner()
+    schedule(backend)
+    result = backend.runner.invoke(args=["host", *command, str(2**64)])
+    assert result.exit_code == 1, result.output
+    assert '"error": "invalid_argument"' in result.output and "Traceback" not in result.output
