@@ -45,8 +45,9 @@ def plan_of(host: HostAdapter, org_id: str) -> Plan | None:
     """
     try:
         return host.plan_of(org_id)
-    except Exception:
-        log.exception("plan lookup failed for org %s", org_id)
+    except Exception as exc:
+        # Class only: a host's database error carries its statement and parameters.
+        log.error("plan lookup failed for org %s (%s)", org_id, type(exc).__name__)
         raise PlanCheckFailed() from None
 
 
@@ -71,5 +72,6 @@ def write_audit(host: HostAdapter, event: AuditEvent) -> None:
     the action it records has already been committed."""
     try:
         host.write_audit(event)
-    except Exception:
-        log.exception("writing audit event %s for org %s failed", event.action, event.org_id)
+    except Exception as exc:
+        log.error("writing audit event %s for org %s failed (%s)", event.action, event.org_id,
+                  type(exc).__name__)

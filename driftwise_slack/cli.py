@@ -9,14 +9,34 @@ import json
 import typing as t
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .errors import ConfigurationError, SlackIntegrationError
 from .rotation import rotate_tokens
 from .runtime import get_runtime
 from .worker import housekeeping, run_worker, sweep
 
 slack_cli = AppGroup("slack", help="DriftWise Slack integration.")
+
+#: Exit status for unusable configuration: gunicorn's "app failed to load", on which its arbiter
+#: stops instead of respawning workers forever; the ``flask`` CLI exits with it as well.
+CONFIG_EXIT_STATUS = 4
+
+
+def build_or_exit(factory: t.Callable[[], Flask]) -> Flask:
+    """``factory()``; on :class:`ConfigurationError` print one line naming the setting to
+    stderr and exit with :data:`CONFIG_EXIT_STATUS`, without a traceback.
+
+    For module-level entry points (``wsgi.py``), which the web server, the worker
+    (``flask --app wsgi slack worker``) and every command import first: all of them refuse to
+    start on a bad setting, and say why in one line. The message never holds a secret value.
+    """
+    try:
+        return factory()
+    except ConfigurationError as exc:
+        click.echo(f"Error: configuration: {exc}", err=True)
+        raise SystemExit(CONFIG_EXIT_STATUS) from None
 
 
 def _print(obj: t.Mapping[str, t.Any]) -> None:
@@ -26,7 +46,11 @@ def _print(obj: t.Mapping[str, t.Any]) -> None:
 @slack_cli.command("rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored token with the current DRIFTWISE_ENCRYPTION_KEY."""
-    _print(rotate_tokens(get_runtime().deps()))
+    try:
+        _print(rotate_tokens(get_runtime().deps()))
+    except SlackIntegrationError as exc:
+        _print({"error": exc.code, "message": exc.message})
+        raise SystemExit(1) from None
 
 
 @slack_cli.command("worker")

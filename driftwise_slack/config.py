@@ -11,7 +11,14 @@ import os
 import secrets
 import typing as t
 
+from limits import storage
+
+from . import config_checks as checks
+from .config_checks import parse_int
 from .errors import ConfigurationError
+
+__all__ = ["OPTIONS", "Option", "Settings", "load_settings", "lookup", "markdown_table",
+           "normalize_database_url", "parse_int"]
 
 #: Slack's Web API base.
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -33,8 +40,21 @@ DEFAULT_DELIVERY_RETENTION_DAYS = 30
 DEFAULT_BOT_NAME = "driftwise"
 #: Waiting notifications of one channel that go out as one digest (0: never).
 DEFAULT_DIGEST_MIN = 3
+#: Largest digest threshold: a digest claims at most about this many rows (digests.MAX_CLAIM).
+MAX_DIGEST_MIN = 1000
 #: The scopes we ask for; the spec fixes them.
 SCOPES = ("chat:write", "incoming-webhook")
+#: Longest OAuth state lifetime we accept (a day); the spec's default is ten minutes.
+MAX_STATE_MAX_AGE = 86_400
+#: Longest Slack call timeout: below gunicorn's 30 s worker timeout.
+MAX_SLACK_TIMEOUT = 25.0
+#: Longest retention (a hundred years): past that the cut-off date cannot be computed.
+MAX_RETENTION_DAYS = 36_500
+#: URL schemes ``redis-py`` connects with.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+#: Storage schemes of flask-limiter's ``limits`` (its own registry is used when it has one).
+LIMITER_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix", "redis+cluster",
+                             "redis+sentinel", "memcached", "mongodb", "mongodb+srv"})
 #: Shortest acceptable server encryption key.
 MIN_KEY_LENGTH = 32
 
@@ -161,38 +181,6 @@ def lookup(name: str, config: t.Mapping[str, t.Any], environ: t.Mapping[str, str
     return None if value == "" else value
 
 
-def _as_bool(value: t.Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def parse_switch(name: str, value: t.Any, *, default: bool) -> bool:
-    """An on/off option: ``1/true/yes/on`` or ``0/false/no/off`` (any case); ``None`` is the
-    default. Anything else raises :class:`ConfigurationError` rather than guessing."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{name} must be on or off, got {value!r}.")
-
-
-def parse_int(name: str, value: t.Any, *, minimum: int) -> int:
-    """``value`` as a whole number of at least ``minimum``, else :class:`ConfigurationError`."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{name} must be a whole number, got {value!r}.") from None
-    if number < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum}, got {number}.")
-    return number
-
-
 def _demo_key(instance_path: str) -> str:
     """A per-checkout demo key kept in the instance folder, so CLI and web agree on it."""
     path = os.path.join(instance_path, "driftwise-demo.key")
@@ -217,7 +205,7 @@ def load_settings(
     """Read every option once. Raises :class:`ConfigurationError` with an actionable message."""
     env = os.environ if environ is None else environ
     raw = {opt.field: lookup(opt.name, config, env) for opt in OPTIONS}
-    demo = _as_bool(raw["demo"] or False)
+    demo = raw["demo"] is not None and checks.parse_bool("DRIFTWISE_DEMO", raw["demo"])
 
     key = raw["encryption_key"]
     if key is None and demo:
@@ -243,44 +231,86 @@ def load_settings(
     database_url = raw["database_url"] or "sqlite:///" + os.path.join(
         os.path.abspath(instance_path), "driftwise.sqlite3"
     )
-    redis_url = raw["redis_url"]
-    api_url = str(raw["api_url"] or DEFAULT_API_URL)
+    redis_url = _opt(raw, "redis_url", lambda n, v: checks.parse_scheme_url(
+        n, v, schemes=REDIS_SCHEMES, example="redis://localhost:6379/0"))
+    api_url = _opt(raw, "api_url", _http_url(DEFAULT_API_URL)) or DEFAULT_API_URL
     if not api_url.endswith("/"):
         api_url += "/"
-    timeout = float(raw["slack_timeout"] or DEFAULT_SLACK_TIMEOUT)
-    if not 0 < timeout <= 25:
-        raise ConfigurationError("SLACK_TIMEOUT must be between 0 and 25 seconds.")
-
+    limiter_schemes = frozenset(s for s in getattr(storage, "SCHEMES", LIMITER_SCHEMES)
+                                if not s.startswith("async+"))
     return Settings(
-        database_url=str(database_url),
+        database_url=checks.parse_database_url(
+            "DATABASE_URL", database_url, example="postgresql://driftwise@db.internal/driftwise"),
         encryption_key=str(key),
         encryption_keys_old=old,
         redis_url=redis_url,
-        client_id=raw["client_id"],
-        client_secret=raw["client_secret"],
-        redirect_uri=raw["redirect_uri"],
+        client_id=_opt(raw, "client_id", _word(128, "1234567890.1234567890")),
+        client_secret=_opt(raw, "client_secret",
+                           _word(128, "<the app's client secret>", secret=True)),
+        redirect_uri=_opt(raw, "redirect_uri",
+                          _http_url("https://driftwise.example/slack/oauth/callback")),
         api_url=api_url,
-        authorize_url=str(raw["authorize_url"] or DEFAULT_AUTHORIZE_URL),
-        settings_url=str(raw["settings_url"] or DEFAULT_SETTINGS_URL),
-        state_max_age=parse_int("SLACK_STATE_MAX_AGE",
-                                raw["state_max_age"] or DEFAULT_STATE_MAX_AGE,
-                              minimum=1),
-        callback_rate_limit=str(raw["callback_rate_limit"] or DEFAULT_CALLBACK_RATE_LIMIT),
-        ratelimit_storage_uri=str(raw["ratelimit_storage_uri"] or redis_url or "memory://"),
-        channel_rate=str(raw["channel_rate"] or DEFAULT_CHANNEL_RATE),
-        slack_timeout=timeout,
-        bot_name=str(raw["bot_name"] or DEFAULT_BOT_NAME),
-        signing_secret=raw["signing_secret"],
-        app_id=raw["app_id"],
-        threads=parse_switch("SLACK_THREADS", raw["threads"], default=True),
-        digest_min=parse_int("SLACK_DIGEST_MIN",
-                             raw["digest_min"] if raw["digest_min"] is not None
-                             else DEFAULT_DIGEST_MIN, minimum=0),
-        delivery_retention_days=parse_int(
-            "DRIFTWISE_DELIVERY_RETENTION_DAYS",
-            raw["delivery_retention_days"] or DEFAULT_DELIVERY_RETENTION_DAYS, minimum=1),
+        authorize_url=_opt(raw, "authorize_url", _http_url(DEFAULT_AUTHORIZE_URL))
+        or DEFAULT_AUTHORIZE_URL,
+        settings_url=_opt(raw, "settings_url", lambda n, v: checks.parse_settings_url(
+            n, v, example=DEFAULT_SETTINGS_URL)) or DEFAULT_SETTINGS_URL,
+        state_max_age=_opt(raw, "state_max_age", lambda n, v: checks.parse_int(
+            n, v, minimum=1, maximum=MAX_STATE_MAX_AGE, example=str(DEFAULT_STATE_MAX_AGE)))
+        or DEFAULT_STATE_MAX_AGE,
+        callback_rate_limit=_opt(raw, "callback_rate_limit", _rate(
+            DEFAULT_CALLBACK_RATE_LIMIT, single=False)) or DEFAULT_CALLBACK_RATE_LIMIT,
+        ratelimit_storage_uri=_opt(raw, "ratelimit_storage_uri", lambda n, v:
+                                   checks.parse_scheme_url(n, v, schemes=limiter_schemes,
+                                                           example="redis://localhost:6379/1"))
+        or redis_url or "memory://",
+        channel_rate=_opt(raw, "channel_rate", _rate(DEFAULT_CHANNEL_RATE, single=True))
+        or DEFAULT_CHANNEL_RATE,
+        slack_timeout=_opt(raw, "slack_timeout", lambda n, v: checks.parse_seconds(
+            n, v, maximum=MAX_SLACK_TIMEOUT, example=str(DEFAULT_SLACK_TIMEOUT)))
+        or DEFAULT_SLACK_TIMEOUT,
+        bot_name=_opt(raw, "bot_name", _word(80, DEFAULT_BOT_NAME)) or DEFAULT_BOT_NAME,
+        signing_secret=_opt(raw, "signing_secret",
+                            _word(256, "<the app's signing secret>", secret=True)),
+        app_id=_opt(raw, "app_id", _word(32, "A0123456789")),
+        # Both default to something that 0/off must be able to override: no ``or DEFAULT`` here.
+        threads=True if raw["threads"] is None else checks.parse_bool(
+            _NAMES["threads"], raw["threads"]),
+        digest_min=DEFAULT_DIGEST_MIN if raw["digest_min"] is None else checks.parse_int(
+            _NAMES["digest_min"], raw["digest_min"], minimum=0, maximum=MAX_DIGEST_MIN,
+            example=str(DEFAULT_DIGEST_MIN)),
+        delivery_retention_days=_opt(raw, "delivery_retention_days", lambda n, v:
+                                     checks.parse_int(n, v, minimum=1,
+                                                      maximum=MAX_RETENTION_DAYS,
+                                                      example="30"))
+        or DEFAULT_DELIVERY_RETENTION_DAYS,
         demo=demo,
     )
+
+
+_Parse = t.Callable[[str, t.Any], t.Any]
+_NAMES = {opt.field: opt.name for opt in OPTIONS}
+
+
+def _opt(raw: t.Mapping[str, t.Any], field: str, parse: _Parse) -> t.Any:
+    """``raw[field]`` parsed under its option name, or ``None`` when unset."""
+    value = raw[field]
+    return None if value is None else parse(_NAMES[field], value)
+
+
+def _http_url(example: str) -> _Parse:
+    return lambda name, value: checks.parse_http_url(name, value, example=example)
+
+
+def _word(max_length: int, example: str, *, secret: bool = False) -> _Parse:
+    return lambda name, value: checks.parse_name(name, value, max_length=max_length,
+                                                 example=example, secret=secret)
+
+
+def _rate(example: str, *, single: bool) -> _Parse:
+    def parse(name: str, value: t.Any) -> str:
+        checks.parse_rate(name, value, example=f"'{example}'", single=single)
+        return t.cast(str, value)
+    return parse
 
 
 def normalize_database_url(url: str) -> str:

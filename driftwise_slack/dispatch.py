@@ -15,6 +15,7 @@ from .models import Delivery, DeliveryStatus, utcnow
 from .outbox import enqueue_after_commit, enqueue_when_committed
 from .queue import job_id_for
 from .repository import DeliveryRepository
+from .row_fit import fit_event
 from .streaks import recover
 
 if t.TYPE_CHECKING:
@@ -24,24 +25,26 @@ log = logging.getLogger(__name__)
 
 #: How long a queued row is trusted to be on the queue before the sweeper checks on it.
 QUEUE_LEASE = dt.timedelta(seconds=60)
-#: Longest error text we keep (the message builder cuts further for Slack).
-MAX_ERROR = 20_000
 
 
 def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
-    """The row for ``event``: queued, or skipped at once when the schedule has no channel."""
-    channel = (event.channel or "").strip() or None
+    """The row for ``event``: queued, or skipped at once when the schedule has no channel.
+
+    Never raises for the event's content (see :func:`driftwise_slack.row_fit.fit_event`): a
+    scanner's odd text must not roll back the host's scan transaction.
+    """
+    fit = fit_event(event, now=now)
     row = Delivery(
-        dedupe_key=event.dedupe_key[:255], org_id=event.org_id, event_type=event.type.value,
-        schedule_id=event.schedule_id, schedule_name=event.schedule_name[:255], channel=channel,
-        run_id=event.run_id[:64], error=(event.error or "")[:MAX_ERROR],
-        consecutive_failures=event.consecutive_failures, disable_after=event.disable_after,
-        occurred_at=event.occurred_at, created_at=now, updated_at=now, attempts=0,
+        dedupe_key=fit.dedupe_key, org_id=fit.org_id, event_type=fit.event_type,
+        schedule_id=fit.schedule_id, schedule_name=fit.schedule_name, channel=fit.channel,
+        run_id=fit.run_id, error=fit.error,
+        consecutive_failures=fit.consecutive_failures, disable_after=fit.disable_after,
+        occurred_at=fit.occurred_at, created_at=now, updated_at=now, attempts=0,
         status=DeliveryStatus.QUEUED.value,
     )
-    if channel is None:
+    if fit.skip_reason is not None:
         row.status = DeliveryStatus.SKIPPED.value
-        row.reason = "No Slack channel is set on this schedule."
+        row.reason = fit.skip_reason
     else:
         row.lease_until = now + QUEUE_LEASE
     return row

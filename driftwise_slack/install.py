@@ -118,9 +118,11 @@ def _revoke_orphan(deps: Deps, access: OAuthAccess, *, reason: str) -> None:
         in_use = bool(access.team_id) and bool(
             InstallationRepository(deps.session).for_team(team_id=str(access.team_id)))
         deps.session.rollback()
-    except Exception:
-        log.exception("cannot tell whether workspace %s is installed; not revoking",
-                      access.team_id)
+    except Exception as exc:
+        # Class and ids only: a database error's text carries its statement's parameters.
+        deps.session.rollback()
+        log.error("cannot tell whether workspace %s is installed (%s); not revoking",
+                  access.team_id, type(exc).__name__)
         return
     if in_use:
         log.warning("not revoking after %s: workspace %s is installed elsewhere", reason,
@@ -192,10 +194,12 @@ def complete_install(deps: Deps, params: CallbackParams, cookies: t.Mapping[str,
     try:
         done = _store(deps, org_id=org_id, user_id=user_id, access=access)
         deps.session.commit()
-    except Exception:
+    except Exception as exc:
         deps.session.rollback()
-        log.exception("storing the installation failed for org %s; revoking the new token",
-                      org_id)
+        # Never log the exception itself: SQLAlchemy's text holds the INSERT's parameters,
+        # the sealed bot and refresh tokens among them. Class and ids only.
+        log.error("storing the installation failed for org %s team %s (%s); revoking the new "
+                  "token", org_id, access.team_id, type(exc).__name__)
         _revoke_orphan(deps, access, reason="storage_failed")
         raise StorageFailed() from None
     log.info("slack installed for org %s team %s (reinstall=%s)", org_id, done.team_id,

@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .deps import Deps
-from .errors import VaultError
+from .errors import StorageFailed, VaultError
 from .repository import InstallationRepository
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,12 @@ def rotate_tokens(deps: Deps) -> dict[str, t.Any]:
             continue
         rotated += changed
         unchanged += not changed
-    deps.session.commit()
+    try:
+        deps.session.commit()
+    except SQLAlchemyError as exc:
+        # Its text would hold every resealed token: class only.
+        deps.session.rollback()
+        log.error("key rotation could not be saved (%s); nothing changed", type(exc).__name__)
+        raise StorageFailed("Key rotation could not be saved; nothing changed.") from None
     return {"rotated": rotated, "unchanged": unchanged, "failed": failed,
             "key_id": vault.current_key_id}

@@ -5,21 +5,53 @@ ones of :mod:`driftwise_slack.access`.
 """
 from __future__ import annotations
 
+import logging
+import re
 import typing as t
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import messages
 from .access import require_caller, require_manager, require_member, require_plan
 from .deps import Deps
-from .errors import BadRequest, ChannelError, DeadToken, NotInstalled, VaultError
+from .errors import (
+    BadRequest,
+    ChannelError,
+    DeadToken,
+    NotInstalled,
+    StorageFailed,
+    VaultError,
+)
 from .host import Caller
 from .models import Delivery
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
 
+log = logging.getLogger(__name__)
+
 #: Longest channel reference we accept (Slack names are at most 80 characters).
 MAX_CHANNEL = 90
 #: Largest page of deliveries.
 MAX_LIMIT = 100
+#: Largest id or cursor we accept: a signed 64-bit integer, what every database can compare.
+MAX_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+@t.overload
+def _whole(raw: str | None, name: str, *, default: int, maximum: int) -> int: ...
+@t.overload
+def _whole(raw: str | None, name: str, *, default: None, maximum: int) -> int | None: ...
+def _whole(raw: str | None, name: str, *, default: int | None, maximum: int) -> int | None:
+    """A query parameter as a whole number from 1 to ``maximum``, else 400 (never 500):
+    ASCII digits only, so "1_0", "+5", "٣" and 2**64 are refused before any database sees
+    them (SQLite cannot bind an integer past 64 bits)."""
+    if raw is None or raw == "":
+        return default
+    number = int(raw) if _DIGITS.fullmatch(raw) else 0
+    if not 1 <= number <= maximum:
+        raise BadRequest(f"{name} must be a whole number from 1 to {maximum}.")
+    return number
 
 
 def _channel(raw: t.Any) -> str:
@@ -49,6 +81,13 @@ def send_test(deps: Deps, caller: Caller | None, body: t.Any) -> dict[str, t.Any
         token = refresh_if_due_and_open(deps, row)
     except VaultError:
         raise NotInstalled("The stored Slack token cannot be used. Reconnect Slack.") from None
+    except SQLAlchemyError as exc:
+        # Storing a refreshed token failed: the error's text holds the sealed tokens.
+        deps.session.rollback()
+        log.error("installation %s: storing the refreshed token failed (%s)", row.id,
+                  type(exc).__name__)
+        raise StorageFailed("DriftWise could not save the refreshed Slack token. "
+                            "Try again in a minute.") from None
     message = messages.test_message(org_name=None, link=None)
     try:
         posted = deps.slack.chat_post_message(token=token, channel=channel, text=message.text,
@@ -80,13 +119,8 @@ def list_deliveries(deps: Deps, caller: Caller | None, args: t.Mapping[str, str]
     """GET .../deliveries: any member; newest first; ``limit`` (1-100) and ``cursor`` paging."""
     caller = require_caller(caller)
     require_member(deps.host, caller)
-    try:
-        limit = int(args.get("limit") or 20)
-        before = int(args["cursor"]) if args.get("cursor") else None
-    except ValueError:
-        raise BadRequest("limit and cursor must be whole numbers.") from None
-    if not 1 <= limit <= MAX_LIMIT or (before is not None and before < 1):
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}; cursor must be positive.")
+    limit = _whole(args.get("limit"), "limit", default=20, maximum=MAX_LIMIT)
+    before = _whole(args.get("cursor"), "cursor", default=None, maximum=MAX_ID)
     schedule_id = args.get("schedule_id") or None
     if schedule_id is not None and (len(schedule_id) > 64 or not schedule_id.isprintable()):
         raise BadRequest("schedule_id must be a schedule's id.")

@@ -11,7 +11,9 @@ import datetime as dt
 import logging
 import typing as t
 
-from .errors import DeadToken
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import DeadToken, StorageFailed
 from .models import Installation, utcnow
 from .repository import InstallationRepository
 
@@ -86,6 +88,13 @@ def refresh_if_due_and_open(deps: Deps, row: Installation) -> str:
         locked.refresh_sealed = vault.seal(access.refresh_token, org_id=locked.org_id,
                                            team_id=locked.team_id, field="refresh_token")
     locked.token_expires_at = expires_at(now, access.expires_in)
-    session.commit()
+    try:
+        session.commit()
+    except SQLAlchemyError as exc:
+        # The error's text holds the UPDATE's parameters, the sealed tokens: class and id only.
+        session.rollback()
+        log.error("installation %s: storing the refreshed token failed (%s)", locked.id,
+                  type(exc).__name__)
+        raise StorageFailed("The refreshed Slack token could not be saved.") from None
     log.info("installation %s: bot token refreshed", locked.id)
     return access.access_token

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import typing as t
 import zlib
 
@@ -61,6 +62,7 @@ def test_no_secret_leaks_anywhere(actions: ApiActions, slack: EmulatorClient, db
                                   redis: t.Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     responses: list[str] = []
+    slack.configure(rotation=True, expires_in=43200)   # a refresh token too, not yet due
     token = actions.owner()
     member = actions.user("acme", "m@acme.test", "member")
 
@@ -84,9 +86,12 @@ def test_no_secret_leaks_anywhere(actions: ApiActions, slack: EmulatorClient, db
     state = get_runtime(actions.app)
     with actions.app.app_context():
         row = state.session().execute(text(
-            "SELECT org_id, team_id, token_sealed FROM slack_installations")).one()
+            "SELECT org_id, team_id, token_sealed, refresh_sealed FROM slack_installations")
+        ).one()
         bot_token = state.vault.open(row.token_sealed, org_id=row.org_id, team_id=row.team_id)
-    assert bot_token.startswith("xoxb-") and slack.token_live(bot_token)
+    assert "xoxb-" in bot_token and slack.token_live(bot_token)
+    assert row.token_sealed and row.refresh_sealed
+    sealed = {"sealed token": row.token_sealed, "sealed refresh token": row.refresh_sealed}
 
     # Deliveries with every kind of Slack answer, run by an in-process worker.
     schedule = actions.cli("create-schedule", "acme", "nightly", "--channel", "#alerts")
@@ -109,7 +114,8 @@ def test_no_secret_leaks_anywhere(actions: ApiActions, slack: EmulatorClient, db
     collect_responses(responses, actions.uninstall(token))
 
     secrets = {"bot token": bot_token, "client secret": CLIENT_SECRET,
-               "webhook url": "hooks.slack.com", **{f"code {i}": c for i, c in enumerate(codes)}}
+               "webhook url": "hooks.slack.com", **{f"code {i}": c for i, c in enumerate(codes)},
+               **sealed}
     places = {
         "logs": "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records),
         "tables": table_dump(db),
@@ -134,3 +140,135 @@ def test_exceptions_and_errors_never_hold_the_code(actions: ApiActions,
     assert code not in response.get_data(as_text=True)
     assert set(response.get_json()) == {"error", "message"}
     assert ACME not in response.get_data(as_text=True)
+
+
+# -- ciphertexts when the database fails (issue 13, item 6) ------------------------------------
+
+FORCE_FAILURE = """
+CREATE OR REPLACE FUNCTION dw_test_forced_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'forced failure for a test'; END $$;
+CREATE TRIGGER dw_test_forced_failure BEFORE INSERT OR UPDATE ON slack_installations
+FOR EACH ROW EXECUTE FUNCTION dw_test_forced_failure();
+"""
+REMOVE_FAILURE = """
+DROP TRIGGER IF EXISTS dw_test_forced_failure ON slack_installations;
+DROP FUNCTION IF EXISTS dw_test_forced_failure();
+"""
+
+
+@pytest.fixture
+def failing_installation_writes(db: t.Any) -> t.Iterator[t.Callable[[], None]]:
+    """Call the yielded function to make every INSERT/UPDATE of an installation fail in
+    PostgreSQL itself (a trigger), as a full disk or a lost connection would at that step."""
+    def arm() -> None:
+        db.execute(text(FORCE_FAILURE))
+        db.commit()
+    try:
+        yield arm
+    finally:
+        db.rollback()
+        db.execute(text(REMOVE_FAILURE))
+        db.commit()
+
+
+@pytest.fixture
+def sealed_outputs(app: t.Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ciphertext the app's vault produces (the real vault runs; we keep its output)."""
+    from driftwise_slack.runtime import get_runtime
+
+    vault = get_runtime(app).vault
+    real_seal = vault.seal
+    produced: list[str] = []
+
+    def seal(*args: t.Any, **kwargs: t.Any) -> str:
+        produced.append(real_seal(*args, **kwargs))
+        return produced[-1]
+
+    monkeypatch.setattr(vault, "seal", seal)
+    return produced
+
+
+def assert_nowhere(secrets: t.Mapping[str, str], *, caplog: pytest.LogCaptureFixture,
+                   actions: ApiActions, redis: t.Any, responses: list[str]) -> None:
+    places = {
+        "logs": "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records),
+        "audit": str(actions.cli("audit", "acme")),
+        "redis": redis_dump(redis),
+        "responses": "\n".join(responses),
+    }
+    assert "[parameters" not in places["logs"]
+    for place, content in places.items():
+        for name, secret in secrets.items():
+            assert secret not in content, f"{name} found in {place}"
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/json"])
+def test_a_failed_store_at_the_callback_leaks_no_ciphertext(
+        actions: ApiActions, slack: EmulatorClient, redis: t.Any, all_logs: t.Any,
+        failing_installation_writes: t.Callable[[], None], sealed_outputs: list[str],
+        accept: str) -> None:
+    slack.configure(rotation=True, expires_in=43200)   # a refresh token is sealed too
+    token = actions.owner()
+    location = slack.consent(actions.authorize_url(token))
+    failing_installation_writes()
+
+    response = actions.callback(location, headers={"Accept": accept})
+
+    assert response.status_code == 500
+    assert "could not save" in response.get_data(as_text=True)
+    assert len(sealed_outputs) == 2            # the bot token and the refresh token
+    assert "storing the installation failed" in all_logs.text
+    from driftwise_slack.runtime import get_runtime
+
+    vault = get_runtime(actions.app).vault
+    bot_token = vault.open(sealed_outputs[0], org_id="1", team_id=ACME)
+    assert not slack.token_live(bot_token)     # not stored, so revoked
+    responses: list[str] = []
+    collect_responses(responses, response)
+    assert actions.status(token).get_json() == {"installed": False}
+    assert_nowhere({f"ciphertext {i}": c for i, c in enumerate(sealed_outputs)}
+                   | {"bot token": bot_token}, caplog=all_logs, actions=actions, redis=redis,
+                   responses=responses)
+
+
+@pytest.mark.parametrize("via", ["test message", "worker"])
+def test_a_failed_store_of_a_refreshed_token_leaks_no_ciphertext(
+        actions: ApiActions, slack: EmulatorClient, db: t.Any, redis: t.Any, all_logs: t.Any,
+        failing_installation_writes: t.Callable[[], None], sealed_outputs: list[str],
+        via: str) -> None:
+    from rq import SimpleWorker
+
+    from driftwise_slack.queue import get_queue
+    from driftwise_slack.runtime import get_runtime
+
+    slack.configure(rotation=True, expires_in=3600)    # due for a refresh at once
+    token = actions.owner()
+    actions.install(token)
+    schedule = actions.cli("create-schedule", "acme", "nightly", "--channel", "#alerts")
+    stored = db.execute(text("SELECT token_sealed, refresh_sealed FROM slack_installations")
+                        ).one()
+    db.rollback()
+    failing_installation_writes()
+    before = len(sealed_outputs)
+    responses: list[str] = []
+
+    if via == "test message":   # refreshes first, and storing the new token fails
+        response = actions.client.post("/api/v2/webhooks/slack/test",
+                                       json={"channel": "#alerts"}, headers=actions.auth(token))
+        assert response.status_code == 500 and response.get_json()["error"] == "storage_failed"
+        collect_responses(responses, response)
+    else:                       # RQ keeps a failed job's exception text in Redis
+        actions.cli("fail-scan", str(schedule["schedule_id"]), "--error", "boom")
+        state = get_runtime(actions.app)
+        deadline = time.monotonic() + 20
+        while len(sealed_outputs) == before and time.monotonic() < deadline:
+            with actions.app.app_context():   # bursts, scheduled (paced) jobs included
+                SimpleWorker([get_queue(state.redis)], connection=state.redis).work(
+                    burst=True, with_scheduler=True, logging_level="DEBUG")
+
+    fresh = sealed_outputs[before:]
+    assert len(fresh) == 2                        # the new bot token and refresh token
+    assert "storing the refreshed token failed" in all_logs.text
+    secrets = {f"new ciphertext {i}": c for i, c in enumerate(fresh)}
+    secrets |= {"stored token": stored.token_sealed, "stored refresh": stored.refresh_sealed}
+    assert_nowhere(secrets, caplog=all_logs, actions=actions, redis=redis, responses=responses)

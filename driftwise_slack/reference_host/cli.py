@@ -71,6 +71,10 @@ class JsonCommand(click.Command):
             raise click.exceptions.Exit(1) from None
 
 
+#: A schedule id argument: any 64-bit integer (unknown ones answer ``unknown_schedule``); past
+#: that a usage error, since SQLite cannot bind it (an OverflowError traceback otherwise).
+SCHEDULE_ID = click.IntRange(-(2**63), 2**63 - 1)
+
 host_cli = AppGroup("host", help="Manage the reference host: orgs, members, schedules, scans.")
 
 
@@ -267,7 +271,7 @@ def audit_command(slug: str) -> None:
 
 
 @host_cli.command("fail-scan", cls=JsonCommand)
-@click.argument("schedule_id", type=int)
+@click.argument("schedule_id", type=SCHEDULE_ID)
 @click.option("--error", "error", default="Scheduled scan failed.", help="The scan's error.")
 def fail_scan_command(schedule_id: int, error: str) -> None:
     """Record a failed scheduled run of SCHEDULE_ID and notify Slack (when mounted)."""
@@ -276,7 +280,7 @@ def fail_scan_command(schedule_id: int, error: str) -> None:
 
 
 @host_cli.command("fail-scans", cls=JsonCommand)
-@click.argument("schedule_ids", nargs=-1, required=True, type=int)
+@click.argument("schedule_ids", nargs=-1, required=True, type=SCHEDULE_ID)
 @click.option("--error", "error", default="Scheduled scan failed.", help="The scans' error.")
 def fail_scans_command(schedule_ids: tuple[int, ...], error: str) -> None:
     """Record a failed scheduled run of each SCHEDULE_ID, one after another (a storm).
@@ -290,7 +294,7 @@ def fail_scans_command(schedule_ids: tuple[int, ...], error: str) -> None:
 
 
 @host_cli.command("succeed-scan", cls=JsonCommand)
-@click.argument("schedule_id", type=int)
+@click.argument("schedule_id", type=SCHEDULE_ID)
 def succeed_scan_command(schedule_id: int) -> None:
     """Record a successful scheduled run of SCHEDULE_ID: resets the failure count and hands a
     scan-succeeded event to Slack (when mounted), which closes an open streak."""

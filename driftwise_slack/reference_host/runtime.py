@@ -15,6 +15,7 @@ import typing as t
 from flask import Flask, current_app
 
 from driftwise_slack.config import lookup, normalize_database_url, parse_int
+from driftwise_slack.config_checks import parse_http_url
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -63,6 +64,9 @@ def load_host_settings(
     if url is None:
         url = "sqlite:///" + os.path.join(os.path.abspath(instance_path), DEFAULT_SQLITE_NAME)
     base_url = lookup("DRIFTWISE_BASE_URL", config, env)
+    if base_url is not None:
+        base_url = parse_http_url("DRIFTWISE_BASE_URL", base_url,
+                                  example="https://app.driftwise.example")
     return HostSettings(
         database_url=normalize_database_url(str(url)),
         base_url=str(base_url).rstrip("/") if base_url else None,

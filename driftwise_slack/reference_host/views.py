@@ -104,8 +104,8 @@ def list_schedules() -> t.Any:
     return {"schedules": [schedule_json(row) for row in rows]}
 
 
-@bp.post("/api/v2/schedules/<int:schedule_id>/fail")
-def fail_schedule(schedule_id: int) -> t.Any:
+@bp.post("/api/v2/schedules/<schedule_id>/fail")
+def fail_schedule(schedule_id: str) -> t.Any:
     """Record a failed scheduled run (the demo button); owner/admin only.
 
     Body (optional): ``{"error": "text"}``. Answers like ``host fail-scan``:
@@ -117,6 +117,12 @@ def fail_schedule(schedule_id: int) -> t.Any:
         return _unauthorized()
     if not Role(member.role).can_manage:
         return json_error(403, "forbidden", "Only owners and admins can run scans.")
+    # Parsed here, not by an <int:> converter: that one takes any size (SQLite cannot bind
+    # past 64 bits: a 500) and answers 404 for "-1" or "abc", which are bad requests.
+    wanted = parse_id(schedule_id)
+    if wanted is None:
+        return json_error(400, "invalid_request", "The schedule id must be a positive whole "
+                          "number below 10^18.")
     body = _fail_body()
     if isinstance(body, Response):
         return body
@@ -133,7 +139,7 @@ def fail_schedule(schedule_id: int) -> t.Any:
     host = get_host()
     session = host.db.session
     schedule = session.scalar(sa.select(Schedule).where(
-        Schedule.id == schedule_id, Schedule.org_id == member.org_id))
+        Schedule.id == wanted, Schedule.org_id == member.org_id))
     if schedule is None:
         return json_error(404, "not_found", "There is no such schedule in your organisation.")
     outcome = record_failed_scan(session, schedule, error, disable_after=host.disable_after(),

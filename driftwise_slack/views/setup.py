@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, request
 from flask_limiter.errors import RateLimitExceeded
 from limits.errors import StorageError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from .. import errors as e
@@ -71,6 +72,15 @@ def _limiter_down(exc: Exception) -> Response:
     return response
 
 
+def _database_error(exc: SQLAlchemyError) -> Response:
+    # Flask would log the exception's text, which holds the failed statement's parameters (the
+    # sealed tokens of an installation among them): its class and the route only.
+    log.error("database error in %s (%s)", request.endpoint, type(exc).__name__)
+    failure = e.StorageFailed("DriftWise could not reach its database. Try again in a minute.")
+    return render.render(failure, page=request.endpoint == CALLBACK,
+                         settings_url=_settings_url())
+
+
 def _slack_headers(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -95,11 +105,13 @@ def blueprints() -> tuple[Blueprint, Blueprint]:
 
     api.register_error_handler(e.SlackIntegrationError, _api_error)
     api.register_error_handler(HTTPException, _api_http_error)
+    api.register_error_handler(SQLAlchemyError, _database_error)
     api.after_request(_api_headers)
     slack.register_error_handler(e.SlackIntegrationError, _slack_error)
     slack.register_error_handler(HTTPException, _slack_http_error)
     slack.register_error_handler(StorageError, _limiter_down)
     slack.register_error_handler(RedisError, _limiter_down)
+    slack.register_error_handler(SQLAlchemyError, _database_error)
     slack.after_request(_slack_headers)
     return api, slack
 
