@@ -27,6 +27,7 @@ from .errors import (
 )
 from .host import EventType
 from .models import Delivery, DeliveryStatus, Installation, utcnow
+from .observe import delivery_recorded
 from .queue import enqueue_delivery, get_queue, job_id_for, lane_of, park_lane
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
@@ -240,4 +241,5 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
         except RedisError:
             log.error("could not reschedule delivery %s; the sweeper will", row.id)
     log.info("delivery %s -> %s", row.id, row.status)
+    delivery_recorded(deps, row, refund=outcome.refund)   # metrics, admin notices; never raises
     return row.status
