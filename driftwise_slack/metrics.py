@@ -133,7 +133,7 @@ def _estimated_rows(session: Session) -> float:
         return 0.0   # SQLite: the demo's small table
     value = session.scalar(text(
         "SELECT reltuples FROM pg_class WHERE oid = to_regclass('slack_deliveries')"))
-    return float(value or 0.0)
+    return max(0.0, float(value or 0.0))   # -1: never analysed (a new table)
 
 
 def _count_finished(session: Session) -> dict[str, int]:
