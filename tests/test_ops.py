@@ -20,7 +20,6 @@ from delivery_helpers import (
 )
 from factories import ApiActions, EmulatorClient
 from processes import RQWorker
-from prometheus_client.parser import text_string_to_metric_families
 from services import free_port, wait_for_port
 
 TOKEN = "metrics-token-0123456789abcdefghijklmnopqrstuvwxyz"
