@@ -9,6 +9,8 @@ import typing as t
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from delivery_helpers import (
     connect,
     deliveries,
