@@ -94,9 +94,10 @@ def _recovered(deps: Deps, row: Delivery) -> None:
         delete(AdminNotice)
         .where(AdminNotice.org_id == row.org_id, AdminNotice.schedule_id == row.schedule_id)
         .returning(AdminNotice.id)).all()
-    session.commit()
     if not cleared:
+        session.rollback()   # nothing written: no commit (and no WAL flush) per sent delivery
         return
+    session.commit()
     recovered = getattr(deps.host, "delivery_recovered", None)
     if callable(recovered):
         try:
