@@ -231,6 +231,20 @@ def test_a_host_without_notify_admins_or_with_a_broken_one_still_delivers(
 # -- the worker process: its metrics, and health ------------------------------------------
 
 
+def two_free_ports() -> int:
+    """A port whose next one is free too (a range for two worker processes)."""
+    import socket
+
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def health(actions: ApiActions) -> tuple[int, dict[str, t.Any]]:
     result = actions.runner.invoke(args=["slack", "health"])
     return result.exit_code, json.loads(result.output.strip().splitlines()[-1])
@@ -239,7 +253,7 @@ def health(actions: ApiActions) -> tuple[int, dict[str, t.Any]]:
 def test_worker_metrics_move_and_health_follows_the_worker(
         actions: ApiActions, app: t.Any, client: t.Any, config: dict[str, t.Any], db: t.Any,
         slack: EmulatorClient) -> None:
-    port = free_port()
+    port = two_free_ports()
     env = worker_env(config, DRIFTWISE_WORKER_METRICS_PORT=f"{port}-{port + 1}",
                      SLACK_CHANNEL_RATE="50 per second", DRIFTWISE_DISABLE_AFTER="100")
     connect(actions)
@@ -304,7 +318,9 @@ def test_worker_metrics_move_and_health_follows_the_worker(
     with RQWorker(env=env) as worker:
         worker.wait_until(lambda: health(actions)[0] == 0, timeout=30,
                           message="health back to ok")
-    assert deliveries(db)[-1]["status"] == "sent"
+        worker.wait_until(lambda: deliveries(db)[-1]["status"] == "sent", timeout=30,
+                          message="the waiting delivery sent")
+        assert health(actions)[1]["oldest_pending_seconds"] == 0
 
 
 def test_health_says_which_service_is_down(make_app: t.Callable[..., t.Any]) -> None:
