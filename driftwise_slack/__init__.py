@@ -16,12 +16,24 @@ from .errors import (
                      VaultError,
 )
 from .extension import SlackIntegration
-from .host import AuditEvent, Caller, EventType, HostAdapter, Plan, Role, ScanEvent
+from .host import (
+    AdminNotifier,
+    AuditEvent,
+    Caller,
+    DeliveryProblem,
+    EventType,
+    HostAdapter,
+    Plan,
+    Role,
+    ScanEvent,
+)
 
 __all__ = [
     "AccessDenied",
+    "AdminNotifier",
     "AuditEvent",
     "Caller",
+    "DeliveryProblem",
     "ConfigurationError",
     "EventType",
     "HostAdapter",

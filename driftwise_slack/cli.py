@@ -1,4 +1,4 @@
-"""The ``slack`` command group: ``worker``, ``requeue``, ``cleanup`` and ``rotate-keys``.
+"""The ``slack`` command group: ``worker``, ``requeue``, ``cleanup``, ``rotate-keys``, ``health``.
 
 Every command prints one JSON object on stdout. Commands are entry points: each finds the app's
 runtime and hands the use-case its collaborators.
@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .errors import ConfigurationError, SlackIntegrationError
+from .health import check_health
 from .rotation import rotate_tokens
 from .runtime import get_runtime
 from .worker import housekeeping, run_worker, sweep
@@ -71,3 +72,16 @@ def requeue() -> None:
 def cleanup() -> None:
     """Purge redeemed OAuth nonces and seen events, and prune old delivery rows."""
     _print(housekeeping(get_runtime().deps()))
+
+
+@slack_cli.command("health")
+def health() -> None:
+    """Database, Redis and worker health as one JSON object; exit status 1 when not ok."""
+    deps = get_runtime().deps()
+    try:
+        report = check_health(deps)
+    finally:
+        deps.session.close()
+    _print(report)
+    if not report["ok"]:
+        raise SystemExit(1)

@@ -115,6 +115,11 @@ OPTIONS: tuple[Option, ...] = (
            str(DEFAULT_DELIVERY_RETENTION_DAYS)),
     Option("DRIFTWISE_DEMO", "demo", "demo mode: a key is generated into the instance folder",
            "off"),
+    Option("DRIFTWISE_METRICS_TOKEN", "metrics_token", "bearer token for `/slack/metrics`",
+           "none: route off"),
+    Option("DRIFTWISE_WORKER_METRICS_PORT", "worker_metrics_port",
+           "loopback port (or range `9100-9103`, one per worker process) of the worker's metrics",
+           "none: off"),
 )
 
 
@@ -166,6 +171,15 @@ class Settings:
     delivery_retention_days: int = DEFAULT_DELIVERY_RETENTION_DAYS
     #: ``DRIFTWISE_DEMO``
     demo: bool = False
+    #: ``DRIFTWISE_METRICS_TOKEN``: never logged, never in ``repr``, never written back.
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
+    #: ``DRIFTWISE_WORKER_METRICS_PORT``: a port or a range ``first-last`` (validated).
+    worker_metrics_port: str | None = None
+
+    @property
+    def worker_metrics_ports(self) -> tuple[int, ...]:
+        """The ports a worker tries for its metrics, in order; ``()``: metrics off."""
+        return parse_ports("DRIFTWISE_WORKER_METRICS_PORT", self.worker_metrics_port)
 
     @property
     def available(self) -> bool:
@@ -284,6 +298,8 @@ def load_settings(
                                                       example="30"))
         or DEFAULT_DELIVERY_RETENTION_DAYS,
         demo=demo,
+        metrics_token=_opt(raw, "metrics_token", _word(256, "<a long random token>", secret=True)),
+        worker_metrics_port=_port_option(raw["worker_metrics_port"]),
     )
 
 
@@ -311,6 +327,27 @@ def _rate(example: str, *, single: bool) -> _Parse:
         checks.parse_rate(name, value, example=f"'{example}'", single=single)
         return t.cast(str, value)
     return parse
+
+
+def _port_option(value: t.Any) -> str | None:
+    if value is None:
+        return None
+    parse_ports("DRIFTWISE_WORKER_METRICS_PORT", value)  # fail fast at init_app
+    return str(value).strip()
+
+
+def parse_ports(name: str, value: t.Any) -> tuple[int, ...]:
+    """``"9100"`` or ``"9100-9103"`` as the ports it names; ``()`` when unset. Raises
+    :class:`ConfigurationError` for anything else, or a range wider than 256 ports."""
+    if value is None:
+        return ()
+    low, _, high = str(value).strip().partition("-")
+    first = parse_int(name, low, minimum=1)
+    last = parse_int(name, high, minimum=1) if high else first
+    if last > 65535 or last < first or last - first >= 256:
+        raise ConfigurationError(
+            f"{name} must be a port (1-65535) or a range like 9100-9103, got {value!r}.")
+    return tuple(range(first, last + 1))
 
 
 def normalize_database_url(url: str) -> str:

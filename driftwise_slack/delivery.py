@@ -27,6 +27,7 @@ from .errors import (
 )
 from .host import EventType
 from .models import PARENT_UPDATE, Delivery, DeliveryStatus, Installation, utcnow
+from .observe import delivery_recorded
 from .queue import enqueue_delivery, get_queue, job_id_for, lane_of, park_lane
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
@@ -75,10 +76,12 @@ class _Outcome:
     def __init__(self, status: DeliveryStatus, reason: str | None = None, *,
                  slack_error: str | None = None, delay: float | None = None,
                  ts: str | None = None, refund: bool = False, thread_ts: str | None = None,
-                 digest: bool = False) -> None:
+                 digest: bool = False, companions: t.Sequence[Delivery] = ()) -> None:
         self.status, self.reason, self.slack_error = status, reason, slack_error
         self.delay, self.ts, self.refund = delay, ts, refund
         self.thread_ts, self.digest = thread_ts, digest
+        #: The other rows of a digest: written already, counted and told about with this one.
+        self.companions = companions
 
 
 def deliver_one(deps: Deps, delivery_id: int) -> str:
@@ -206,11 +209,12 @@ def _digest(deps: Deps, row: Delivery, installation: Installation, others: list[
         digests.release(deps, others, status=outcome.status, reason=outcome.reason,
                         slack_error=outcome.slack_error, delay=outcome.delay,
                         grace=SCHEDULE_GRACE)
+        outcome.companions = others
         return outcome
     digests.record_sent(others, ts=posted.ts, team_id=installation.team_id)
     streaks.fold_into_threads(deps, rows, team_id=installation.team_id,
                               channel=t.cast(str, row.channel))
-    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts, digest=True)
+    return _Outcome(DeliveryStatus.SENT, None, ts=posted.ts, digest=True, companions=others)
 
 
 def _classify(deps: Deps, row: Delivery, installation: Installation,
@@ -285,4 +289,6 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
         except RedisError:
             log.error("could not reschedule delivery %s; the sweeper will", row.id)
     log.info("delivery %s -> %s", row.id, row.status)
+    for recorded in (row, *outcome.companions):   # metrics, admin notices; never raises
+        delivery_recorded(deps, recorded, refund=outcome.refund)
     return row.status

@@ -44,7 +44,8 @@ class SlackIntegration:
         settings = load_settings(app.config, os.environ, instance_path=app.instance_path)
         for option in OPTIONS:
             value = getattr(settings, option.field)
-            if value is not None and not option.name.endswith(("KEY", "SECRET", "KEYS_OLD")):
+            secret = option.name.endswith(("KEY", "SECRET", "KEYS_OLD", "TOKEN"))
+            if value is not None and not secret:
                 app.config.setdefault(option.name, value)
         runtime = Runtime(settings, host)
         app.extensions[EXTENSION_KEY] = runtime

@@ -89,6 +89,37 @@ class HostAdapter(t.Protocol):
         """An absolute link to a schedule in DriftWise, used in messages."""
 
 
+@dataclasses.dataclass(frozen=True)
+class DeliveryProblem:
+    """A delivery that ended in a state only a person can fix, for the org's admins.
+
+    ``reason`` is Slack's error (``channel_not_found``, ``not_in_channel``, ``is_archived``, or a
+    dead-token error such as ``token_revoked``); ``advice`` says the fix in words. No secret and
+    no message text is carried.
+    """
+
+    org_id: str
+    schedule_id: str
+    schedule_name: str
+    channel: str | None
+    reason: str
+    advice: str
+    delivery_id: int
+
+
+@t.runtime_checkable
+class AdminNotifier(t.Protocol):
+    """Optional methods of a :class:`HostAdapter` (SPEC §8): a host that has them is told
+    about delivery problems; a host without them works as before. Exceptions they raise are
+    logged and never affect delivery."""
+
+    def notify_admins(self, problem: DeliveryProblem) -> None:
+        """Tell the org's admins; called at most once per (org, schedule, reason) per 24 h."""
+
+    def delivery_recovered(self, *, org_id: str, schedule_id: str) -> None:
+        """A later delivery to that schedule was sent: earlier problems are resolved."""
+
+
 class EventType(str, enum.Enum):
     """What happened to a scan. Only the first two are ever sent to Slack."""
 

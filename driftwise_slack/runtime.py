@@ -24,6 +24,7 @@ from .config import Settings, normalize_database_url
 from .deps import Deps
 from .host import HostAdapter
 from .keys import KeyRing
+from .metrics import CountingSlackClient
 from .oauth_state import StateSigner
 from .pacing import ChannelPacer
 from .queue import connect
@@ -81,7 +82,8 @@ class Runtime:
                 kwargs["connect_args"] = {"timeout": 30}  # demo: web, CLI and worker share a file
             self._engine = create_engine(url, **kwargs)
             self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False))
-            self._slack = SlackClient(self.settings.api_url, timeout=self.settings.slack_timeout)
+            self._slack = CountingSlackClient(self.settings.api_url,
+                                              timeout=self.settings.slack_timeout)
             self._redis = None
             self._pacer = ChannelPacer(connect=self.redis_connection,
                                        redis_url=self.settings.redis_url,

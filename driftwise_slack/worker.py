@@ -18,6 +18,7 @@ from rq import SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
+from .health import watch_worker
 from .models import DeliveryStatus, utcnow
 from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, job_id_for
 from .repository import DeliveryRepository, EventRepository, StateRepository
@@ -128,7 +129,8 @@ def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> di
         sweeper.start()
     worker = SimpleWorker([get_queue(connection)], connection=connection)
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        with watch_worker(deps.settings, worker):   # RQ heartbeat for `slack health`; metrics
+            worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
         sweeper.stopped.set()
     return {"stopped": True, "burst": burst}

@@ -186,3 +186,38 @@ def test_member_and_free_plan_owner_cannot_connect(page: Page, host: Host,
     page.find("slack-connect").click()                 # disabled: nothing may happen
     assert page.driver.current_url.startswith(host.url + "/settings")
     assert "POST /api/v2/webhooks/slack/install" not in host.web.logs()
+
+
+def test_a_delivery_problem_shows_a_banner_until_an_admin_dismisses_it(
+        page: Page, host: Host, actions: ApiActions, app: t.Any, db: t.Any,
+        slack: EmulatorClient) -> None:
+    from delivery_helpers import drain
+
+    seeded = seed(actions)
+    sid = seeded["schedule"]
+    assert actions.install(seeded["owner"]).status_code == 302
+    slack.fault(method="chat.postMessage", mode="ok_false", error="not_in_channel", times=1)
+    actions.cli("fail-scan", str(sid), "--error", "AccessDenied")
+    assert [row["status"] for row in drain(app, db)] == ["failed"]
+
+    page.sign_in(host.url, seeded["member"])
+    banner = page.until(lambda _: page.visible("slack-problems") and page.find("slack-problems"),
+                        "the member saw no banner")
+    assert f"Slack notifications for \u201c{SCHEDULE}\u201d are not arriving." in banner.text
+    assert "/invite @driftwise" in banner.text
+    assert not page.driver.find_elements(By.CSS_SELECTOR, "#slack-problems button"), \
+        "a member may not dismiss"
+    page.sign_out()
+
+    page.sign_in(host.url, seeded["owner"])
+    page.until(lambda _: page.visible("slack-problems"), "the owner saw no banner")
+    page.shot("settings-delivery-problem")
+    [button] = page.driver.find_elements(By.CSS_SELECTOR, "#slack-problems button")
+    button.click()
+    page.until(lambda _: not page.visible("slack-problems"), "the banner stayed")
+    page.driver.refresh()
+    page.settings_loaded()
+    assert not page.visible("slack-problems")
+    actions_log = [e["action"] for e in actions.cli("audit", "acme")["events"]]
+    assert "slack.delivery_problem" in actions_log
+    assert "slack.delivery_problem_dismissed" in actions_log

@@ -32,6 +32,8 @@ EVENTS = "/slack/events"
 SIGNING_SECRET = "fuzz-signing-secret"
 #: Examples per operation and per caller; the whole module stays well under a minute.
 MAX_EXAMPLES = 30
+#: The health probe: 503 is one of its documented answers, not a server error.
+HEALTHZ = "/slack/healthz"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 #: Derandomized so a failure reproduces; the health checks object to the reused app fixture.
@@ -89,7 +91,10 @@ def _fuzz(app: t.Any, operation: t.Any, headers: dict[str, str], *, sign: bool) 
         if not headers and case.headers:
             case.headers.pop("Authorization", None)
         response = _send(app, case, headers, sign=sign)
-        case.validate_response(response, checks=CHECKS)
+        # /slack/healthz answers 503 by design while deliveries wait and no worker runs (as
+        # here); the document says so, and the other checks still hold it to that.
+        checks = CHECKS[1:] if case.operation.path == HEALTHZ else CHECKS
+        case.validate_response(response, checks=checks)
 
     run()
 
@@ -103,7 +108,7 @@ def test_every_operation_conforms(fuzz_app: t.Any, owner_token: str,
     schema.app = fuzz_app
     headers = {"Authorization": f"Bearer {owner_token}"} if authenticated else {}
     operations = _operations(schema)
-    assert len(operations) == 8
+    assert len(operations) == 10   # with /slack/metrics and /slack/healthz
     for operation in operations:
         _fuzz(fuzz_app, operation, headers, sign=authenticated)
 

@@ -272,3 +272,35 @@ def test_a_failed_store_of_a_refreshed_token_leaks_no_ciphertext(
     secrets = {f"new ciphertext {i}": c for i, c in enumerate(fresh)}
     secrets |= {"stored token": stored.token_sealed, "stored refresh": stored.refresh_sealed}
     assert_nowhere(secrets, caplog=all_logs, actions=actions, redis=redis, responses=responses)
+
+
+def test_metrics_and_health_never_print_a_secret(make_app: t.Any, slack: EmulatorClient,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    metrics_token = "metrics-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    app = make_app(DRIFTWISE_METRICS_TOKEN=metrics_token)
+    actions = ApiActions(app, app.test_client(), slack)
+    owner = actions.owner()
+    assert actions.install(owner).status_code == 302
+    client = app.test_client()
+    responses: list[str] = []
+    for header in (f"Bearer {metrics_token}", f"Bearer {metrics_token[:-1]}", "Bearer x", None):
+        headers = {} if header is None else {"Authorization": header}
+        collect_responses(responses, client.get("/slack/metrics", headers=headers))
+    collect_responses(responses, client.get("/slack/healthz"))
+    health = app.test_cli_runner().invoke(args=["slack", "health"])
+    from driftwise_slack.runtime import get_runtime
+
+    settings = get_runtime(app).settings
+    secrets = {"metrics token": metrics_token, "client secret": CLIENT_SECRET,
+               "encryption key": settings.encryption_key, "redis url": str(settings.redis_url),
+               "database url": settings.database_url}
+    places = {"responses": "\n".join(responses), "cli": health.output,
+              "logs": "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records),
+              "settings repr": repr(settings)}
+    assert "driftwise_slack_installations" in places["responses"]
+    for place, content in places.items():
+        for name, secret in secrets.items():
+            if place == "settings repr" and name in ("redis url", "database url"):
+                continue
+            assert secret not in content, f"{name} found in {place}"

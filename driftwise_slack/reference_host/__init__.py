@@ -20,6 +20,7 @@ from .auth import init_auth
 from .cli import host_cli
 from .db import HostDatabase
 from .pages import bp as pages_bp
+from .problems import bp as problems_bp
 from .runtime import EXTENSION_KEY, HostRuntime, load_host_settings
 from .views import bp as api_bp
 
@@ -81,6 +82,7 @@ def create_app(
     init_auth(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)
+    app.register_blueprint(problems_bp)
     app.cli.add_command(host_cli)
 
     if mount_slack:

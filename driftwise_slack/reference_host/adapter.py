@@ -6,10 +6,11 @@ import datetime as dt
 import sqlalchemy as sa
 from flask import g, has_request_context, request
 
-from driftwise_slack.host import AuditEvent, Caller, Plan, Role
+from driftwise_slack.host import AuditEvent, Caller, DeliveryProblem, Plan, Role
 
 from .db import HostDatabase
-from .models import AuditLogEntry, Membership, Org
+from .models import AuditLogEntry, Membership, Org, Schedule, utcnow
+from .models import DeliveryProblem as ProblemRow
 from .runtime import FALLBACK_BASE_URL
 
 
@@ -79,6 +80,45 @@ class ReferenceHostAdapter:
                 details=dict(event.details),
                 created_at=created_at,
             ))
+
+    def notify_admins(self, problem: DeliveryProblem) -> None:
+        """Audit ``slack.delivery_problem`` and open (or refresh) the Settings banner.
+
+        Problems of schedules that are not this org's (any more) are audited but get no banner.
+        Raises ``ValueError`` for an org id that is not a host id.
+        """
+        org, schedule = parse_id(problem.org_id), parse_id(problem.schedule_id)
+        if org is None:
+            raise ValueError("delivery problem without a valid org id")
+        with self._db.begin() as session:
+            session.add(AuditLogEntry(
+                org_id=org, user_id=None, action="slack.delivery_problem",
+                details={"schedule_id": problem.schedule_id, "reason": problem.reason,
+                         "delivery_id": problem.delivery_id},
+                created_at=utcnow()))
+            owned = schedule is not None and session.scalar(sa.select(Schedule.id).where(
+                Schedule.id == schedule, Schedule.org_id == org)) is not None
+            if not owned:
+                return
+            row = session.scalar(sa.select(ProblemRow).where(
+                ProblemRow.org_id == org, ProblemRow.schedule_id == schedule,
+                ProblemRow.reason == problem.reason, ProblemRow.resolved_at.is_(None)))
+            if row is None:
+                row = ProblemRow(org_id=org, schedule_id=schedule, reason=problem.reason)
+                session.add(row)
+            row.advice, row.delivery_id, row.created_at = (problem.advice, problem.delivery_id,
+                                                           utcnow())
+
+    def delivery_recovered(self, *, org_id: str, schedule_id: str) -> None:
+        """A later delivery to the schedule was sent: close its open banners."""
+        org, schedule = parse_id(org_id), parse_id(schedule_id)
+        if org is None or schedule is None:
+            return
+        with self._db.begin() as session:
+            session.execute(sa.update(ProblemRow).where(
+                ProblemRow.org_id == org, ProblemRow.schedule_id == schedule,
+                ProblemRow.resolved_at.is_(None)).values(resolved_at=utcnow(),
+                                                         resolution="delivered"))
 
     def schedule_url(self, *, org_id: str, schedule_id: str) -> str:
         """``<base>/schedules/<id>``: ``DRIFTWISE_BASE_URL``, else this request's host."""

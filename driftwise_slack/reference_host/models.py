@@ -167,3 +167,29 @@ class ScanRun(Base):
     status: Mapped[str] = mapped_column(sa.String(16))
     error: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeliveryProblem(Base):
+    """A Slack delivery problem the org's admins were told about (the Settings banner).
+
+    Open while ``resolved_at`` is ``None``: an admin dismissed it, or a later delivery to the
+    schedule was sent. One open row per (org, schedule, reason); a repeat refreshes it.
+    """
+
+    __tablename__ = "host_delivery_problems"
+    __table_args__ = (sa.Index("ix_host_delivery_problems_org_schedule", "org_id",
+                               "schedule_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("host_orgs.id", ondelete="CASCADE"))
+    schedule_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("host_schedules.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(sa.String(64))
+    advice: Mapped[str] = mapped_column(sa.Text, default="")
+    delivery_id: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: ``dismissed`` (by ``resolved_by``) or ``delivered``.
+    resolution: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    resolved_by: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("host_users.id", ondelete="SET NULL"), nullable=True)

@@ -22,6 +22,7 @@ from . import errors as render
 from . import events as events_routes
 from . import oauth as oauth_routes
 from . import openapi as openapi_routes
+from . import ops as ops_routes
 from .oauth import CALLBACK, callback
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,15 @@ def _api_headers(response: Response) -> Response:
 
 def blueprints() -> tuple[Blueprint, Blueprint]:
     """The API blueprint (``/api/v2/webhooks/slack/*``, behind the host's auth) and the
-    ``/slack/*`` blueprint (callback, events, OpenAPI), with routes, handlers and headers."""
+    ``/slack/*`` blueprint (callback, events, OpenAPI, metrics, health), with routes, handlers
+    and headers."""
     api = Blueprint(API_BLUEPRINT, __name__, url_prefix="/api/v2/webhooks/slack")
     slack = Blueprint(SLACK_BLUEPRINT, __name__, template_folder="../templates")
     api_routes.attach(api)
     oauth_routes.attach(slack)
     events_routes.attach(slack)
     openapi_routes.attach(slack)
+    ops_routes.attach(slack)
 
     api.register_error_handler(e.SlackIntegrationError, _api_error)
     api.register_error_handler(HTTPException, _api_http_error)

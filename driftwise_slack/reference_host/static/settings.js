@@ -7,6 +7,7 @@
   var INSTALL_PATH = "/api/v2/webhooks/slack/install";
   var TEST_PATH = "/api/v2/webhooks/slack/test";
   var DELIVERIES_PATH = "/api/v2/webhooks/slack/deliveries";
+  var PROBLEMS_PATH = "/api/v2/delivery-problems";
   var PENDING = ["pending", "queued", "sending"];
   var KIND_LABELS = {
     scheduled_scan_failed: "Scan failed",
@@ -317,6 +318,41 @@
     });
   }
 
+  /* ---- delivery problems: the banner until dismissed or a later delivery is sent ---- */
+
+  function problemItem(p) {
+    var item = el("div", "flash flash-error problem");
+    item.id = "slack-problem-" + p.id;
+    item.appendChild(el("strong", null, "Slack notifications for \u201c" + p.schedule_name +
+      "\u201d are not arriving."));
+    item.appendChild(el("p", "problem-advice", p.advice));
+    if (canManage()) {
+      var button = el("button", "button small", "Dismiss");
+      button.type = "button";
+      button.id = "slack-problem-dismiss-" + p.id;
+      button.addEventListener("click", function () {
+        button.disabled = true;
+        api("POST", PROBLEMS_PATH + "/" + encodeURIComponent(p.id) + "/dismiss").then(function (r) {
+          if (r.status === 200 || r.status === 404) { loadProblems(); return; }
+          button.disabled = false;
+          say("page-error", messageOf(r, "The notice could not be dismissed."));
+        });
+      });
+      item.appendChild(button);
+    }
+    return item;
+  }
+
+  function loadProblems() {
+    return api("GET", PROBLEMS_PATH).then(function (r) {
+      var box = $("slack-problems");
+      box.replaceChildren();
+      var problems = r.status === 200 ? (r.data.problems || []) : [];
+      problems.forEach(function (p) { box.appendChild(problemItem(p)); });
+      show(box, problems.length > 0);
+    });
+  }
+
   /* ---- start ---- */
 
   function start() {
@@ -332,7 +368,7 @@
     });
     loadMe().then(function (ok) {
       if (!ok) { return; }
-      return loadSlack().then(loadSchedules);
+      return loadSlack().then(loadSchedules).then(loadProblems);
     });
   }
 
