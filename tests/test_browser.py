@@ -130,6 +130,26 @@ def test_connect_deliver_and_disconnect(page: Page, host: Host, actions: ApiActi
         assert "Scan failed" in delivery.text and "#alerts" in delivery.text
         page.shot("settings-deliveries")
 
+        # Two more failures of the streak: replies in the parent's thread, the auto-disable one
+        # broadcast to the channel, and the parent edited to say so (SPEC §7).
+        for expected in ("Failed scan recorded.", "The schedule is disabled."):
+            page.click(f"fail-scan-{sid}")
+            page.wait_text(f"fail-result-{sid}", expected)
+        page.until(lambda _: any(m.get("reply_broadcast") for m in slack.messages("C0ALERTS"))
+                   and slack.count("chat.update") >= 3,
+                   "the thread never got its broadcast auto-disable reply and parent edits")
+        page.driver.get(slack.url + "/_emulator/channels?refresh=0")
+        broadcast = page.until(ec.visibility_of_element_located(
+            (By.CSS_SELECTOR, 'article.message.reply.broadcast[data-channel="C0ALERTS"]')),
+            "the channel view shows no broadcast reply in the parent's thread")
+        assert "also sent to the channel" in broadcast.text
+        parent = page.driver.find_element(
+            By.CSS_SELECTOR, f'article.message[data-ts="{posted[0]["ts"]}"]')
+        assert "(edited)" in parent.text and "isabled" in parent.text
+        page.shot("delivered-thread")
+        page.driver.get(host.url + "/settings")
+        page.settings_loaded()
+
         page.click("slack-disconnect")
         alert = page.until(ec.alert_is_present(), "Disconnect asked for no confirmation")
         assert "Disconnect Slack?" in alert.text
