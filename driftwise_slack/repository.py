@@ -234,13 +234,18 @@ class DeliveryRepository:
             .with_for_update()).first()
         return None if found is None else (found[0], found[1])
 
-    def unattended(self, *, limit: int = 500) -> list[t.Any]:
+    def unattended(self, *, limit: int = 500, after_id: int = 0,
+                   resync: bool = False) -> list[t.Any]:
         """Like :meth:`due` on the database's clock, as light rows (``id, org_id, channel,
-        status, job_id``) for the sweeper's batched, conditional writes."""
+        status, job_id``) with ids above ``after_id``, for the sweeper's batched, conditional
+        writes. With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
+        whatever its lease: the job it waits on may be gone."""
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now())
+        if resync:
+            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
         stmt = (select(Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
                        Delivery.job_id)
-                .where(text(UNFINISHED_SQL),
-                       or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now()))
+                .where(text(UNFINISHED_SQL), Delivery.id > after_id, lapsed)
                 .order_by(Delivery.id).limit(limit))
         return list(self.session.execute(stmt))
 
@@ -262,21 +267,24 @@ class DeliveryRepository:
         return int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
 
     def take_for_requeue(self, triples: t.Sequence[tuple[int, str | None, str]], *,
-                         seconds: float) -> list[tuple[int, str]]:
+                         seconds: float, resync: bool = False) -> list[tuple[int, str]]:
         """Hand ``(id, seen_job_id, new_job_id)`` rows to new jobs: each becomes ``queued``
         under ``new_job_id`` with ``seconds`` of lease, only if it is still unfinished, still
         under ``seen_job_id`` and its lease still lapsed on the database's clock (a stale read
-        never turns a ``sent`` row back, nor takes a row another process just took). One
-        statement; returns the ``(id, job_id)`` pairs taken, to enqueue after the commit."""
+        never turns a ``sent`` row back, nor takes a row another process just took). With
+        ``resync``, a ``pending`` or ``queued`` row is taken whatever its lease. One statement;
+        returns the ``(id, job_id)`` pairs taken, to enqueue after the commit."""
         if not triples:
             return []
         rows = values(column("id", Integer), column("seen", String), column("new", String),
                       name="taking").data(list(triples))
         db_now = self.now()
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
+        if resync:
+            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
         stmt = (update(Delivery)
                 .where(Delivery.id == rows.c.id, text(UNFINISHED_SQL),
-                       Delivery.job_id.is_not_distinct_from(rows.c.seen),
-                       or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now))
+                       Delivery.job_id.is_not_distinct_from(rows.c.seen), lapsed)
                 .values(status=DeliveryStatus.QUEUED.value, job_id=rows.c.new,
                         lease_until=db_now + dt.timedelta(seconds=seconds), updated_at=db_now)
                 .returning(Delivery.id, Delivery.job_id)

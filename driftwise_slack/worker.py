@@ -43,6 +43,8 @@ LEASE_SECONDS = LEASE_EXTENSION.total_seconds()
 #: keep taking batches: 10k rows left by an outage go back on the queue in one sweep.
 SWEEP_BATCH = 1000
 SWEEP_BUDGET = 20.0
+#: A key the sweeper keeps in Redis: found missing, Redis has lost its data (and our jobs).
+EPOCH_KEY = "driftwise_slack:sweeper:epoch"
 #: How long handled Events API ids are remembered (Slack retries within minutes).
 SEEN_EVENT_RETENTION = dt.timedelta(days=1)
 
@@ -66,9 +68,13 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
         connection = deps.redis()
         queue = get_queue(connection)
         released = release_overdue(queue)
+        # A Redis that lost its data (restarted without persistence, failed over) lost every
+        # job with it: then every waiting row is looked at now, not when its lease lapses.
+        resync = bool(connection.set(EPOCH_KEY, "1", nx=True))
         deliveries = DeliveryRepository(session)
+        last_id = 0
         while True:
-            rows = deliveries.unattended(limit=batch)
+            rows = deliveries.unattended(limit=batch, after_id=last_id, resync=resync)
             queued = [row.job_id for row in rows
                       if row.status == DeliveryStatus.QUEUED.value and row.job_id]
             alive = alive_jobs(connection, queued)
@@ -79,8 +85,9 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
                     for row in rows if not (row.job_id in alive
                                             and row.status == DeliveryStatus.QUEUED.value)]
             extended += deliveries.extend_leases(keep, seconds=LEASE_SECONDS)
-            taken = deliveries.take_for_requeue(take, seconds=LEASE_SECONDS)
+            taken = deliveries.take_for_requeue(take, seconds=LEASE_SECONDS, resync=resync)
             session.commit()
+            last_id = rows[-1].id if rows else last_id
             # Lost here (Redis gone)? The rows' leases lapse and the next sweep takes them.
             requeued += enqueue_many(queue, taken)
             if len(rows) < batch or time.monotonic() - started > budget:
@@ -88,6 +95,10 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
     except RedisError as exc:
         session.rollback()
         log.error("sweep stopped: Redis unavailable (%s)", type(exc).__name__)
+        try:   # resync on the next sweep: this one may have stopped half way
+            deps.redis().delete(EPOCH_KEY)
+        except RedisError:
+            pass
     finally:
         session.close()
     if requeued or released:
