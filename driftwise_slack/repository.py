@@ -255,16 +255,31 @@ class DeliveryRepository:
         ``queued`` under that job with its lease lapsed. One statement; how many changed."""
         if not pairs:
             return 0
-        rows = values(column("id", Integer), column("job_id", String),
-                      name="seen").data(list(pairs))
         db_now = self.now()
-        stmt = (update(Delivery)
-                .where(Delivery.id == rows.c.id, Delivery.job_id == rows.c.job_id,
-                       Delivery.status == DeliveryStatus.QUEUED.value,
-                       Delivery.lease_until < db_now)
-                .values(lease_until=db_now + dt.timedelta(seconds=seconds))
-                .execution_options(synchronize_session=False))
-        return int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+        changed = 0
+        for chunk in self._matched(pairs, ("id", "job_id")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.lease_until < db_now)
+                    .values(lease_until=db_now + dt.timedelta(seconds=seconds))
+                    .execution_options(synchronize_session=False))
+            changed += int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+        return changed
+
+    def _matched(self, rows: t.Sequence[t.Sequence[t.Any]],
+                 names: tuple[str, ...]) -> t.Iterator[t.Any]:
+        """Columns to match a batch of tuples against in an UPDATE: on PostgreSQL the columns of
+        one ``VALUES`` list joined in (one statement for the batch); elsewhere (SQLite, which
+        has no column aliases on ``VALUES``) each tuple's values in turn, one statement each."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            types = {"id": Integer}
+            table = values(*(column(name, types.get(name, String)) for name in names),
+                           name="batch").data([tuple(row) for row in rows])
+            yield table.c
+            return
+        for row in rows:
+            yield dict(zip(names, row, strict=True))
 
     def take_for_requeue(self, triples: t.Sequence[tuple[int, str | None, str]], *,
                          seconds: float, resync: bool = False) -> list[tuple[int, str]]:
@@ -276,20 +291,22 @@ class DeliveryRepository:
         returns the ``(id, job_id)`` pairs taken, to enqueue after the commit."""
         if not triples:
             return []
-        rows = values(column("id", Integer), column("seen", String), column("new", String),
-                      name="taking").data(list(triples))
         db_now = self.now()
         lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
         if resync:
             lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
-        stmt = (update(Delivery)
-                .where(Delivery.id == rows.c.id, text(UNFINISHED_SQL),
-                       Delivery.job_id.is_not_distinct_from(rows.c.seen), lapsed)
-                .values(status=DeliveryStatus.QUEUED.value, job_id=rows.c.new,
-                        lease_until=db_now + dt.timedelta(seconds=seconds), updated_at=db_now)
-                .returning(Delivery.id, Delivery.job_id)
-                .execution_options(synchronize_session=False))
-        return [(int(found[0]), str(found[1])) for found in self.session.execute(stmt)]
+        taken: list[tuple[int, str]] = []
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
+                    .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
+                            lease_until=db_now + dt.timedelta(seconds=seconds),
+                            updated_at=db_now)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            taken += [(int(found[0]), str(found[1])) for found in self.session.execute(stmt)]
+        return taken
 
     def park_lane(self, *, org_id: str, channel: str | None, until: dt.datetime,
                   new_job_id: t.Callable[[int], str], exclude_id: int | None = None,
@@ -310,16 +327,18 @@ class DeliveryRepository:
         found = list(self.session.execute(lane))
         if not found:
             return []
-        rows = values(column("id", Integer), column("seen", String), column("new", String),
-                      name="parking").data([(row[0], row[1], new_job_id(row[0]))
-                                            for row in found])
-        stmt = (update(Delivery)
-                .where(Delivery.id == rows.c.id, Delivery.status == DeliveryStatus.QUEUED.value,
-                       Delivery.job_id.is_not_distinct_from(rows.c.seen))
-                .values(job_id=rows.c.new, not_before=until, lease_until=until + grace)
-                .returning(Delivery.id, Delivery.job_id)
-                .execution_options(synchronize_session=False))
-        return [(int(row[0]), str(row[1])) for row in self.session.execute(stmt)]
+        parked: list[tuple[int, str]] = []
+        triples = [(row[0], row[1], new_job_id(row[0])) for row in found]
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]))
+                    .values(job_id=chunk["new"], not_before=until, lease_until=until + grace)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            parked += [(int(row[0]), str(row[1])) for row in self.session.execute(stmt)]
+        return parked
 
     def commit_fast(self) -> None:
         """Commit without waiting for the WAL flush (PostgreSQL). Only for writes whose loss in a
