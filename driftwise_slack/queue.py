@@ -33,6 +33,9 @@ FAILURE_TTL = 7 * 24 * 3600
 #: Job states in which a job will still run (or is running).
 ALIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
                    JobStatus.DEFERRED})
+#: Jobs per pipeline round trip when many are enqueued at once (catch-up, parking): a few
+#: milliseconds of Redis work each, so other clients' commands slip in between.
+PIPELINE_CHUNK = 200
 #: A scheduled job this long past its time is not "alive": RQ's scheduler (polling every
 #: second) would have moved it, so the scheduler is gone (e.g. killed by a Redis outage; RQ
 #: restarts it only at its ten-minute maintenance) and the sweeper moves it instead.
@@ -149,8 +152,9 @@ def enqueue_many(queue: Queue, items: t.Iterable[tuple[int, str]], *,
             else:
                 queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, **options)
             count += 1
-        if count:
-            pipe.execute()
+            if count % PIPELINE_CHUNK == 0:
+                pipe.execute()   # in chunks: other clients' commands are not kept waiting
+        pipe.execute()
     return count
 
 
