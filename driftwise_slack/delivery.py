@@ -13,6 +13,7 @@ import random
 import typing as t
 
 from redis.exceptions import RedisError
+from rq import get_current_job
 
 from . import digests, edits, messages, streaks
 from .access import plan_allows_slack
@@ -28,7 +29,9 @@ from .errors import (
 from .host import EventType
 from .models import PARENT_UPDATE, Delivery, DeliveryStatus, Installation, utcnow
 from .observe import delivery_recorded
-from .queue import enqueue_delivery, get_queue, job_id_for, lane_of, park_lane
+from .pacing import clamp_wait
+from .parking import park_lane
+from .queue import enqueue_delivery, get_queue, job_id_for
 from .repository import DeliveryRepository, InstallationRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
 
@@ -38,6 +41,8 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FINAL_VALUES = frozenset(status.value for status in DeliveryStatus if status.final)
+
 #: Attempts before a transient failure becomes final.
 MAX_ATTEMPTS = 5
 #: Backoff of transient retries: base * 2**(attempt-1), capped, with full jitter on top.
@@ -46,6 +51,9 @@ BACKOFF_CAP = 600.0
 #: A worker holds a row this long; the sweeper takes it back if the worker died. Longer than
 #: queue.JOB_TIMEOUT, so RQ has killed an overrunning job before its row can be taken again.
 SEND_LEASE = dt.timedelta(seconds=45)
+#: Claims of one row before it is failed: only a job that dies before recording any outcome
+#: (rate limits and pacing refund theirs, transient errors stop at MAX_ATTEMPTS) gets here.
+MAX_CLAIMS = 20
 #: Extra time past ``not_before`` before the sweeper worries about a scheduled row.
 SCHEDULE_GRACE = dt.timedelta(seconds=60)
 #: Errors that mean our payload was refused: try once more as plain text.
@@ -90,12 +98,20 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
     session = deps.session
     deliveries = DeliveryRepository(session)
     now = utcnow()
-    row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE)
+    job = get_current_job()   # None outside RQ: then any claimable row is ours
+    row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE,
+                           job_id=job.id if job is not None else None)
     if row is None:
         session.rollback()
-        log.info("delivery %s already handled or held by another worker", delivery_id)
+        log.info("delivery %s already handled, held by another worker or re-queued under "
+                 "another job", delivery_id)
         return "not_claimed"
     deliveries.commit_fast()
+    if row.attempts > MAX_CLAIMS:
+        return _record(deps, row, _Outcome(
+            DeliveryStatus.FAILED, f"Not sent: delivery was started {MAX_CLAIMS} times without "
+            "finishing (each attempt crashed or timed out). Check the worker's logs.",
+            slack_error="too_many_attempts"))
     # A channel Slack has told us to leave alone: reschedule before any other work, so a
     # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
     if row.event_type == PARENT_UPDATE:
@@ -114,10 +130,9 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
 
 
 def _park(deps: Deps, row: Delivery, seconds: float) -> None:
-    """Move the rest of this lane's backlog to the scheduler in one go (see queue.park_lane)."""
-    until = utcnow() + dt.timedelta(seconds=seconds + random.uniform(0.1, 1.0))
+    """Move the rest of this lane's backlog to the scheduler in one go (see parking.park_lane)."""
     try:
-        moved = park_lane(get_queue(deps.redis()), lane_of(row.org_id, row.channel), until)
+        moved = park_lane(deps, row, clamp_wait(seconds) + random.uniform(0.1, 1.0))
     except RedisError as exc:
         log.warning("could not park a rate-limited lane (%s)", type(exc).__name__)
         return
@@ -261,6 +276,18 @@ def _dead(deps: Deps, installation: Installation, exc: SlackApiError) -> _Outcom
 
 def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
     session = deps.session
+    # Write only over the state the attempt started from: a row the sweeper handed to another
+    # job meanwhile (or that is already final) keeps its state, except that a post Slack took
+    # is always recorded unless the row is final, so its other job finds it sent.
+    state = DeliveryRepository(session).lock_state(delivery_id=row.id)
+    claimed_job = row.job_id
+    if state is None or state[0] in FINAL_VALUES or (
+            outcome.status is not DeliveryStatus.SENT
+            and (state[0] != DeliveryStatus.SENDING.value or state[1] != claimed_job)):
+        session.rollback()
+        log.warning("delivery %s changed hands during the attempt; outcome %s not recorded",
+                    row.id, outcome.status.value)
+        return "not_claimed"
     now = utcnow()
     row.status = outcome.status.value
     row.reason = outcome.reason
@@ -272,9 +299,10 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
         row.slack_ts, row.sent_at, row.lease_until = outcome.ts, now, None
         row.thread_ts, row.digest = outcome.thread_ts, outcome.digest
     elif outcome.status is DeliveryStatus.QUEUED:
-        delay = outcome.delay or 0.0
-        row.not_before = now + dt.timedelta(seconds=delay)
-        row.lease_until = row.not_before + SCHEDULE_GRACE
+        outcome.delay = delay = clamp_wait(outcome.delay)   # Retry-After: inf, 1e12, -1, nan
+        db_now = DeliveryRepository(session).now(now)   # the database's clock, not ours
+        row.not_before = db_now + dt.timedelta(seconds=delay)
+        row.lease_until = db_now + dt.timedelta(seconds=delay) + SCHEDULE_GRACE
         row.job_id = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
     else:
         row.lease_until = None

@@ -7,6 +7,7 @@ flooded channel never delays another org's messages: waiting jobs are reschedule
 from __future__ import annotations
 
 import logging
+import math
 import time
 import typing as t
 
@@ -22,7 +23,22 @@ log = logging.getLogger(__name__)
 
 #: The smallest wait we reschedule for (the scheduler polls about once a second).
 MIN_WAIT = 0.05
+#: The longest we ever wait on Slack's word: a ``Retry-After`` of a day, a century or infinity
+#: holds a channel for an hour, then we ask again.
+MAX_WAIT = 3600.0
 _HOLD_PREFIX = "driftwise_slack:hold:"
+
+
+def clamp_wait(seconds: t.Any) -> float:
+    """``seconds`` as a wait we can schedule: within [0, :data:`MAX_WAIT`]. Infinity and huge
+    values give ``MAX_WAIT``; NaN, negative and non-numbers give 0. Never raises."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if math.isnan(value) or value <= 0:
+        return 0.0
+    return min(value, MAX_WAIT)
 
 
 class ChannelPacer:
@@ -81,6 +97,6 @@ class ChannelPacer:
         workspace (team id), or ``org:<id>`` for the early check a job makes before any lookup."""
         try:
             self._connect().set(self._hold_key(scope, channel), "1",
-                                px=max(1, int(seconds * 1000)))
+                                px=max(1, int(clamp_wait(seconds) * 1000)))
         except RedisError as exc:
             log.warning("could not record a rate-limit hold (%s)", type(exc).__name__)

@@ -15,6 +15,9 @@ import uuid
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+
+from .pacing import clamp_wait
 
 #: The one queue the package uses.
 QUEUE_NAME = "driftwise_slack"
@@ -30,6 +33,13 @@ FAILURE_TTL = 7 * 24 * 3600
 #: Job states in which a job will still run (or is running).
 ALIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED,
                    JobStatus.DEFERRED})
+#: Jobs per pipeline round trip when many are enqueued at once (catch-up, parking): a few
+#: milliseconds of Redis work each, so other clients' commands slip in between.
+PIPELINE_CHUNK = 200
+#: A scheduled job this long past its time is not "alive": RQ's scheduler (polling every
+#: second) would have moved it, so the scheduler is gone (e.g. killed by a Redis outage; RQ
+#: restarts it only at its ten-minute maintenance) and the sweeper moves it instead.
+OVERDUE = 5.0
 
 
 class _Embedded(t.Protocol):
@@ -67,26 +77,6 @@ def job_id_for(delivery_id: int | None, *, org_id: str, channel: str | None) -> 
     return f"dwslack-{lane_of(org_id, channel)}-{number}-{uuid.uuid4().hex[:8]}"
 
 
-def park_lane(queue: Queue, lane: str, until: dt.datetime) -> int:
-    """Move every waiting job of ``lane`` from the queue to the scheduler, due at ``until``.
-
-    Called when Slack rate-limits a channel: the lane's backlog leaves the queue in one go
-    instead of each job being taken, found held and rescheduled, so other orgs' messages behind
-    it are delivered at once. Returns how many jobs were moved.
-    """
-    prefix = f"dwslack-{lane}-"
-    ids = [job_id for job_id in queue.get_job_ids() if job_id.startswith(prefix)]
-    if not ids:
-        return 0
-    jobs = [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]
-    with queue.connection.pipeline() as pipe:
-        for job in jobs:
-            queue.remove(job.id, pipeline=pipe)
-            queue.schedule_job(job, until, pipeline=pipe)
-        pipe.execute()
-    return len(jobs)
-
-
 def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
                      delay: float = 0.0, pipeline: t.Any = None) -> None:
     """Queue ``jobs.deliver(delivery_id)`` now, or after ``delay`` seconds via the scheduler.
@@ -96,6 +86,7 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
     options: dict[str, t.Any] = {"job_id": job_id, "result_ttl": RESULT_TTL,
                                  "failure_ttl": FAILURE_TTL,
                                  "description": f"deliver slack notification {delivery_id}"}
+    delay = clamp_wait(delay)
     if delay > 0:
         # RQ keeps scheduled times in whole seconds, rounded down, so a job could run up to a
         # second early. Round up instead: a retry never starts before Retry-After is over.
@@ -110,12 +101,80 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
         queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, **options)
 
 
+def _scheduled_key() -> str:
+    """The sorted set of RQ's ScheduledJobRegistry for our queue (job id -> due epoch)."""
+    return f"rq:scheduled:{QUEUE_NAME}"
+
+
 def job_alive(connection: Redis, job_id: str | None) -> bool:
-    """Is this job still waiting, scheduled or running in Redis?"""
-    if not job_id:
-        return False
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except Exception:  # NoSuchJobError, or a hash too damaged to load: treat as gone
-        return False
-    return job.get_status(refresh=False) in ALIVE
+    """Is this job still waiting, scheduled (and not overdue) or running in Redis?"""
+    return bool(job_id) and job_id in alive_jobs(connection, [t.cast(str, job_id)])
+
+
+def alive_jobs(connection: Redis, job_ids: t.Sequence[str],
+               *, now: float | None = None) -> set[str]:
+    """The ids among ``job_ids`` whose job will still run: queued, started, deferred, or
+    scheduled no more than :data:`OVERDUE` seconds in the past. One round trip for the lot."""
+    if not job_ids:
+        return set()
+    registry_key = _scheduled_key()
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+            pipe.zscore(registry_key, job_id)
+        answers = pipe.execute()
+    cutoff = (time.time() if now is None else now) - OVERDUE
+    alive: set[str] = set()
+    for index, job_id in enumerate(job_ids):
+        raw, score = answers[2 * index], answers[2 * index + 1]
+        status = raw.decode() if isinstance(raw, bytes) else raw
+        if status not in ALIVE:
+            continue
+        if status == JobStatus.SCHEDULED and (score is None or float(score) < cutoff):
+            continue   # scheduled but overdue (or lost from the registry): nobody will run it
+        alive.add(job_id)
+    return alive
+
+
+def enqueue_many(queue: Queue, items: t.Iterable[tuple[int, str]], *,
+                 at: dt.datetime | None = None) -> int:
+    """Queue ``(delivery_id, job_id)`` pairs in one pipeline (due at ``at`` when given, via the
+    scheduler). Returns how many. Raises ``redis.exceptions.RedisError`` when Redis is down."""
+    count = 0
+    with queue.connection.pipeline() as pipe:
+        for delivery_id, job_id in items:
+            options: dict[str, t.Any] = {
+                "job_id": job_id, "result_ttl": RESULT_TTL, "failure_ttl": FAILURE_TTL,
+                "description": f"deliver slack notification {delivery_id}", "pipeline": pipe}
+            if at is not None:
+                queue.enqueue_at(at, DELIVER, args=(delivery_id,), job_timeout=JOB_TIMEOUT,
+                                 **options)
+            else:
+                queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, **options)
+            count += 1
+            if count % PIPELINE_CHUNK == 0:
+                pipe.execute()   # in chunks: other clients' commands are not kept waiting
+        pipe.execute()
+    return count
+
+
+def release_overdue(queue: Queue, *, now: float | None = None, limit: int = 1000) -> int:
+    """Move scheduled jobs more than :data:`OVERDUE` seconds past their time to the queue, as
+    RQ's scheduler would have. Safe beside a live scheduler: a job run twice finds its row
+    already claimed (or re-assigned) and does nothing. Returns how many were moved."""
+    connection = queue.connection
+    registry = ScheduledJobRegistry(queue=queue)  # type: ignore[no-untyped-call]
+    cutoff = int((time.time() if now is None else now) - OVERDUE)
+    job_ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in
+               t.cast(list[t.Any], connection.zrangebyscore(_scheduled_key(), 0, cutoff,
+                                                            start=0, num=limit))]
+    if not job_ids:
+        return 0
+    jobs = Job.fetch_many(job_ids, connection=connection)
+    with connection.pipeline() as pipe:
+        for job_id, job in zip(job_ids, jobs, strict=True):
+            if job is not None:
+                queue._enqueue_job(job, pipeline=pipe)
+            registry.remove(job_id, pipeline=pipe)
+        pipe.execute()
+    return sum(job is not None for job in jobs)

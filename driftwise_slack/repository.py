@@ -10,7 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
-from sqlalchemy import any_, delete, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Integer,
+    String,
+    any_,
+    column,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -173,21 +186,161 @@ class DeliveryRepository:
     def get(self, *, delivery_id: int) -> Delivery | None:
         return self.session.get(Delivery, delivery_id)
 
-    def claim(self, *, delivery_id: int, now: dt.datetime,
-              lease_until: dt.datetime) -> Delivery | None:
-        """Take the row for sending and return it; ``None`` when another worker has it or it is
-        done. Exactly one worker wins; a lapsed lease can be re-taken."""
+    def now(self, fallback: dt.datetime | None = None) -> t.Any:
+        """The database's clock as a SQL expression (PostgreSQL's ``statement_timestamp()``:
+        not ``now()``, which stops at the start of a transaction that may have waited on Slack),
+        so that leases written and compared by processes whose clocks disagree still mean one
+        thing. Other databases (the single-process SQLite demo) get ``fallback`` or this
+        process's clock."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return func.statement_timestamp()
+        return fallback or utcnow()
+
+    def clock(self) -> dt.datetime:
+        """The database's current time (this process's where the database has no clock)."""
+        value = self.now()
+        if isinstance(value, dt.datetime):
+            return value
+        return t.cast(dt.datetime, self.session.scalar(select(value)))
+
+    def claim(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime,
+              job_id: str | None = None) -> Delivery | None:
+        """Take the row for sending and return it; ``None`` when another worker has it, it is
+        done, or (with ``job_id``) the row now belongs to another job: a stale job of an old
+        enqueue does nothing. Exactly one worker wins; a lapsed lease can be re-taken.
+
+        Leases are written and compared on the database's clock: ``lease_until - now`` is the
+        length of the lease, ``now`` itself only matters where the database has no clock.
+        """
+        db_now = self.now(now)
+        conditions = [Delivery.id == delivery_id,
+                      or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
+                                               DeliveryStatus.QUEUED.value)),
+                          (Delivery.status == DeliveryStatus.SENDING.value)
+                          & (Delivery.lease_until < db_now))]
+        if job_id is not None:
+            conditions.append(Delivery.job_id == job_id)
         return self.session.scalars(
             update(Delivery)
-            .where(Delivery.id == delivery_id,
-                   or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
-                                            DeliveryStatus.QUEUED.value)),
-                       (Delivery.status == DeliveryStatus.SENDING.value)
-                       & (Delivery.lease_until < now)))
-            .values(status=DeliveryStatus.SENDING.value, lease_until=lease_until,
-                    attempts=Delivery.attempts + 1, updated_at=now)
+            .where(*conditions)
+            .values(status=DeliveryStatus.SENDING.value, lease_until=db_now + (lease_until - now),
+                    attempts=Delivery.attempts + 1, updated_at=db_now)
             .returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True)).first()
+
+    def lock_state(self, *, delivery_id: int) -> tuple[str, str | None] | None:
+        """``(status, job_id)`` of the row, locked until the transaction ends (PostgreSQL), so
+        an outcome is written only over the state it was decided on. ``None``: no such row."""
+        found = self.session.execute(
+            select(Delivery.status, Delivery.job_id).where(Delivery.id == delivery_id)
+            .with_for_update()).first()
+        return None if found is None else (found[0], found[1])
+
+    def unattended(self, *, limit: int = 500, after_id: int = 0,
+                   resync: bool = False) -> list[t.Any]:
+        """Like :meth:`due` on the database's clock, as light rows (``id, org_id, channel,
+        status, job_id``) with ids above ``after_id``, for the sweeper's batched, conditional
+        writes. With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
+        whatever its lease: the job it waits on may be gone."""
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now())
+        if resync:
+            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
+        stmt = (select(Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
+                       Delivery.job_id)
+                .where(text(UNFINISHED_SQL), Delivery.id > after_id, lapsed)
+                .order_by(Delivery.id).limit(limit))
+        return list(self.session.execute(stmt))
+
+    def extend_leases(self, pairs: t.Sequence[tuple[int, str]], *,
+                      seconds: float) -> int:
+        """Give ``(id, job_id)`` rows ``seconds`` more lease, each only if it is still
+        ``queued`` under that job with its lease lapsed. One statement; how many changed."""
+        if not pairs:
+            return 0
+        db_now = self.now()
+        changed = 0
+        for chunk in self._matched(pairs, ("id", "job_id")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.lease_until < db_now)
+                    .values(lease_until=db_now + dt.timedelta(seconds=seconds))
+                    .execution_options(synchronize_session=False))
+            changed += int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+        return changed
+
+    def _matched(self, rows: t.Sequence[t.Sequence[t.Any]],
+                 names: tuple[str, ...]) -> t.Iterator[t.Any]:
+        """Columns to match a batch of tuples against in an UPDATE: on PostgreSQL the columns of
+        one ``VALUES`` list joined in (one statement for the batch); elsewhere (SQLite, which
+        has no column aliases on ``VALUES``) each tuple's values in turn, one statement each."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            types = {"id": Integer}
+            table = values(*(column(name, types.get(name, String)) for name in names),
+                           name="batch").data([tuple(row) for row in rows])
+            yield table.c
+            return
+        for row in rows:
+            yield dict(zip(names, row, strict=True))
+
+    def take_for_requeue(self, triples: t.Sequence[tuple[int, str | None, str]], *,
+                         seconds: float, resync: bool = False) -> list[tuple[int, str]]:
+        """Hand ``(id, seen_job_id, new_job_id)`` rows to new jobs: each becomes ``queued``
+        under ``new_job_id`` with ``seconds`` of lease, only if it is still unfinished, still
+        under ``seen_job_id`` and its lease still lapsed on the database's clock (a stale read
+        never turns a ``sent`` row back, nor takes a row another process just took). With
+        ``resync``, a ``pending`` or ``queued`` row is taken whatever its lease. One statement;
+        returns the ``(id, job_id)`` pairs taken, to enqueue after the commit."""
+        if not triples:
+            return []
+        db_now = self.now()
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
+        if resync:
+            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
+        taken: list[tuple[int, str]] = []
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
+                    .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
+                            lease_until=db_now + dt.timedelta(seconds=seconds),
+                            updated_at=db_now)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            taken += [(int(found[0]), str(found[1])) for found in self.session.execute(stmt)]
+        return taken
+
+    def park_lane(self, *, org_id: str, channel: str | None, until: dt.datetime,
+                  new_job_id: t.Callable[[int], str], exclude_id: int | None = None,
+                  grace: dt.timedelta) -> list[tuple[int, str]]:
+        """Re-assign the ``queued`` rows of one (org, channel) lane due before ``until`` to new
+        jobs due at ``until``: ``(id, job_id)`` pairs to schedule after the commit. Their old
+        jobs, still in the queue, find the row no longer theirs and do nothing. Reads the lane's
+        own rows only (``ix_slack_deliveries_lane_unfinished``), whatever the backlog."""
+        lane = (select(Delivery.id, Delivery.job_id)
+                .where(text(UNFINISHED_SQL), Delivery.org_id == org_id,
+                       Delivery.channel.is_(None) if channel is None
+                       else Delivery.channel == channel,
+                       Delivery.status == DeliveryStatus.QUEUED.value,
+                       or_(Delivery.not_before.is_(None), Delivery.not_before < until))
+                .order_by(Delivery.id))
+        if exclude_id is not None:
+            lane = lane.where(Delivery.id != exclude_id)
+        found = list(self.session.execute(lane))
+        if not found:
+            return []
+        parked: list[tuple[int, str]] = []
+        triples = [(row[0], row[1], new_job_id(row[0])) for row in found]
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]))
+                    .values(job_id=chunk["new"], not_before=until, lease_until=until + grace)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            parked += [(int(row[0]), str(row[1])) for row in self.session.execute(stmt)]
+        return parked
 
     def commit_fast(self) -> None:
         """Commit without waiting for the WAL flush (PostgreSQL). Only for writes whose loss in a

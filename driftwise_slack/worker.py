@@ -20,7 +20,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from .health import watch_worker
 from .models import DeliveryStatus, utcnow
-from .queue import QUEUE_NAME, enqueue_delivery, get_queue, job_alive, job_id_for
+from .queue import QUEUE_NAME, alive_jobs, enqueue_many, get_queue, job_id_for, release_overdue
 from .repository import DeliveryRepository, EventRepository, StateRepository
 
 if t.TYPE_CHECKING:
@@ -39,39 +39,76 @@ SWEEP_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 3600.0
 #: A queued row whose job is alive in Redis gets this much more lease.
 LEASE_EXTENSION = dt.timedelta(seconds=60)
+LEASE_SECONDS = LEASE_EXTENSION.total_seconds()
+#: Rows per sweep batch (one read, one UPDATE, one pipeline each), and how long one sweep may
+#: keep taking batches: 10k rows left by an outage go back on the queue in one sweep.
+SWEEP_BATCH = 1000
+SWEEP_BUDGET = 20.0
+#: A key the sweeper keeps in Redis: found missing, Redis has lost its data (and our jobs).
+EPOCH_KEY = "driftwise_slack:sweeper:epoch"
 #: How long handled Events API ids are remembered (Slack retries within minutes).
 SEEN_EVENT_RETENTION = dt.timedelta(days=1)
 
 
-def sweep(deps: Deps) -> dict[str, int]:
-    """Queue every unattended delivery row once. Safe to run from several processes at once:
-    a duplicate job finds its row already claimed and does nothing. Closes the session."""
+def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
+          budget: float = SWEEP_BUDGET) -> dict[str, int]:
+    """Queue every unattended delivery row once. Closes the session.
+
+    First moves overdue scheduled jobs to the queue (RQ's scheduler may have died with a Redis
+    outage). Then, batch by batch while there is more (up to ``budget`` seconds): one read of
+    unattended rows, one Redis round trip for their jobs, one conditional UPDATE extending the
+    leases of rows whose job is alive and one conditional UPDATE ... RETURNING handing the
+    others to new jobs, a commit, and one pipeline enqueueing them. Every write is conditional
+    on what was read (status, job id, lapsed lease on the database's clock), so several
+    sweepers, a ``slack requeue`` and the workers may race without a row being sent twice.
+    """
     session = deps.session
-    now = utcnow()
-    requeued = extended = 0
+    requeued = extended = released = 0
+    started = time.monotonic()
     try:
         connection = deps.redis()
         queue = get_queue(connection)
-        for row in DeliveryRepository(session).due(now=now):
-            if row.status == DeliveryStatus.QUEUED.value and job_alive(connection, row.job_id):
-                row.lease_until = now + LEASE_EXTENSION
-                extended += 1
-                continue
-            row.job_id = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
-            row.status = DeliveryStatus.QUEUED.value
-            row.lease_until = now + LEASE_EXTENSION
+        released = release_overdue(queue)
+        # A Redis that lost its data (restarted without persistence, failed over) lost every
+        # job with it: then every waiting row is looked at now, not when its lease lapses.
+        resync = bool(connection.set(EPOCH_KEY, "1", nx=True))
+        deliveries = DeliveryRepository(session)
+        last_id = 0
+        while True:
+            rows = deliveries.unattended(limit=batch, after_id=last_id, resync=resync)
+            queued = [row.job_id for row in rows
+                      if row.status == DeliveryStatus.QUEUED.value and row.job_id]
+            alive = alive_jobs(connection, queued)
+            keep = [(row.id, row.job_id) for row in rows if row.job_id in alive
+                    and row.status == DeliveryStatus.QUEUED.value]
+            take = [(row.id, row.job_id, job_id_for(row.id, org_id=row.org_id,
+                                                    channel=row.channel))
+                    for row in rows if not (row.job_id in alive
+                                            and row.status == DeliveryStatus.QUEUED.value)]
+            extended += deliveries.extend_leases(keep, seconds=LEASE_SECONDS)
+            taken = deliveries.take_for_requeue(take, seconds=LEASE_SECONDS, resync=resync)
             session.commit()
-            enqueue_delivery(queue, row.id, job_id=row.job_id)
-            requeued += 1
-        session.commit()
+            last_id = rows[-1].id if rows else last_id
+            # Lost here (Redis gone)? The rows' leases lapse and the next sweep takes them.
+            requeued += enqueue_many(queue, taken)
+            if len(rows) < batch or time.monotonic() - started > budget:
+                break
     except RedisError as exc:
         session.rollback()
         log.error("sweep stopped: Redis unavailable (%s)", type(exc).__name__)
+        try:   # resync on the next sweep: this one may have stopped half way
+            deps.redis().delete(EPOCH_KEY)
+        except RedisError:
+            pass
     finally:
         session.close()
-    if requeued:
-        log.warning("sweeper re-queued %s delivery(ies)", requeued)
-    return {"requeued": requeued, "extended": extended}
+    if requeued or released:
+        log.warning("sweeper re-queued %s delivery(ies), released %s overdue job(s)",
+                    requeued, released)
+    counts = {"requeued": requeued, "extended": extended}
+    if released:   # only then: the usual answer keeps its shape
+        counts["released"] = released
+    return counts
 
 
 def housekeeping(deps: Deps) -> dict[str, int]:

@@ -193,8 +193,9 @@ def test_rate_limit_reschedules_after_retry_after_without_blocking_other_orgs(
 
 def test_a_rate_limited_channels_backlog_leaves_the_queue_at_once(
         actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
-    """The first 429 parks the rest of that channel's queued jobs in the scheduler, so the other
-    org's message queued behind them goes out in the same pass, with no churn in between."""
+    """The first 429 parks the rest of that channel's queued rows under new scheduled jobs, so
+    the other org's message queued behind them goes out in the same pass, with no churn in
+    between: their old jobs stay in the queue list (no scan of it) and do nothing when taken."""
     connect(actions, "acme")
     connect(actions, "globex", team=GLOBEX)
     acme_schedule = schedule(actions, "acme", "Acme nightly", "C0ALERTS")
@@ -214,8 +215,10 @@ def test_a_rate_limited_channels_backlog_leaves_the_queue_at_once(
         job = queue.dequeue_any([queue], None, connection=queue.connection)
         assert job is not None
         job[0].perform()              # the first acme job meets the 429
-        assert queue.count == 1       # only Globex's job is left in the queue
+        assert queue.count == acme_jobs   # the lane's old jobs and Globex's, untouched
     assert len(scheduled(app)) == acme_jobs
+    owners = {r["job_id"] for r in deliveries(db) if r["channel"] == "C0ALERTS"}
+    assert owners == {job_id for job_id, _ in scheduled(app)}   # rows name the parked jobs
     work(app)
     assert [m["channel"] for m in slack.messages()] == ["C0GLBX01"]
     assert slack.count("chat.postMessage") == 2          # the 429, then Globex: no churn

@@ -1,0 +1,48 @@
+"""Parking a rate-limited lane: its waiting deliveries leave the queue's way in one go.
+
+When Slack rate-limits a channel, the rest of that (org, channel) lane's queued deliveries are
+handed to new jobs due when the hold ends, in one conditional UPDATE (reading the lane's own rows
+through its partial index) and one Redis pipeline. Their old jobs stay in RQ's queue list (taking
+them out would mean scanning a list as long as the whole backlog) and cost one missed claim each
+when a worker takes them: the row no longer names them. Cost follows the lane, not the backlog,
+and no Redis command reads the queue list.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+from .models import Delivery, utcnow
+from .queue import enqueue_many, get_queue, job_id_for
+from .repository import DeliveryRepository
+
+if t.TYPE_CHECKING:
+    from .deps import Deps
+
+#: How long past the hold a parked row may wait before the sweeper takes it back.
+PARK_GRACE = dt.timedelta(seconds=60)
+
+
+def park_lane(deps: Deps, row: Delivery, seconds: float) -> int:
+    """Re-schedule every other queued delivery of ``row``'s lane for ``seconds`` from now.
+
+    Commits the re-assignment before scheduling, so a new job never runs ahead of its row.
+    Returns how many were parked. Raises ``redis.exceptions.RedisError`` when Redis is down
+    after the commit: the rows then wait for the sweeper (their lease ends ``PARK_GRACE``
+    after the hold), so nothing is lost.
+    """
+    session = deps.session
+    deliveries = DeliveryRepository(session)
+    # The database's time for the rows, this process's for RQ (whose scheduler compares its
+    # scores with the clock of the worker that runs it).
+    until = deliveries.clock() + dt.timedelta(seconds=seconds)
+    parked = deliveries.park_lane(
+        org_id=row.org_id, channel=row.channel, until=until, exclude_id=row.id,
+        grace=PARK_GRACE,
+        new_job_id=lambda delivery_id: job_id_for(delivery_id, org_id=row.org_id,
+                                                  channel=row.channel))
+    deliveries.commit_fast()
+    if not parked:
+        return 0
+    at = utcnow() + dt.timedelta(seconds=seconds)
+    return enqueue_many(get_queue(deps.redis()), parked, at=at)
