@@ -58,13 +58,14 @@ class Page:
     def __init__(self, driver: WebDriver) -> None:
         self.driver = driver
 
-    def until(self, condition: t.Callable[[WebDriver], t.Any], message: str) -> t.Any:
-        """Wait up to ``WAIT`` seconds for ``condition`` to return something truthy."""
+    def until(self, condition: t.Callable[[WebDriver], t.Any], message: str, *,
+              wait: float = WAIT) -> t.Any:
+        """Wait up to ``wait`` seconds for ``condition`` to return something truthy."""
         try:
-            return WebDriverWait(self.driver, WAIT, poll_frequency=0.1).until(condition)
+            return WebDriverWait(self.driver, wait, poll_frequency=0.1).until(condition)
         except TimeoutException:
             # The URL is read only now: reading it while an alert is open would dismiss it.
-            raise TimeoutException(f"{message} within {WAIT:.0f}s "
+            raise TimeoutException(f"{message} within {wait:.0f}s "
                                    f"(page: {self.driver.current_url})") from None
 
     def find(self, element_id: str) -> WebElement:

@@ -137,7 +137,8 @@ def test_connect_deliver_and_disconnect(page: Page, host: Host, actions: ApiActi
             page.wait_text(f"fail-result-{sid}", expected)
         page.until(lambda _: any(m.get("reply_broadcast") for m in slack.messages("C0ALERTS"))
                    and slack.count("chat.update") >= 3,
-                   "the thread never got its broadcast auto-disable reply and parent edits")
+                   "the thread never got its broadcast auto-disable reply and parent edits",
+                   wait=45)   # four paced posts and three paced edits, on a busy machine
         page.driver.get(slack.url + "/_emulator/channels?refresh=0")
         broadcast = page.until(ec.visibility_of_element_located(
             (By.CSS_SELECTOR, 'article.message.reply.broadcast[data-channel="C0ALERTS"]')),

@@ -41,6 +41,13 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
+def config(config: dict[str, t.Any]) -> dict[str, t.Any]:
+    """One Slack message per delivery here: these tests count posts against rows, so the
+    conversation features (threads, parent edits, digests) are off for app and worker alike."""
+    return {**config, "SLACK_THREADS": "off", "SLACK_DIGEST_MIN": 0}
+
+
+@pytest.fixture
 def app(make_app: t.Callable[..., t.Any]) -> t.Any:
     # No auto-disable here: its message would be "a later delivery that was sent".
     return make_app(DRIFTWISE_METRICS_TOKEN=TOKEN, SLACK_CHANNEL_RATE="50 per second",
