@@ -3,6 +3,7 @@
 The row is written in the caller's transaction (or our own), so a notification is never lost:
 if Redis cannot take the job right now, the row stays ``pending`` and the sweeper queues it later.
 The same event dispatched twice writes one row (its ``dedupe_key`` is unique) and posts once.
+:func:`dispatch_many` does the same for a batch: one multi-row ``INSERT`` and one Redis pipeline.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typing as t
 
 from .host import EventType, ScanEvent
 from .models import Delivery, DeliveryStatus, utcnow
-from .outbox import enqueue_after_commit, enqueue_when_committed
+from .outbox import enqueue_after_commit, enqueue_many_after_commit, enqueue_when_committed
 from .queue import job_id_for
 from .repository import DeliveryRepository
 from .row_fit import fit_event
@@ -25,29 +26,42 @@ log = logging.getLogger(__name__)
 
 #: How long a queued row is trusted to be on the queue before the sweeper checks on it.
 QUEUE_LEASE = dt.timedelta(seconds=60)
+_QUEUED = DeliveryStatus.QUEUED.value
 
 
-def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
-    """The row for ``event``: queued, or skipped at once when the schedule has no channel.
+def delivery_values(event: ScanEvent, *, now: dt.datetime,
+                    can_enqueue: bool = True) -> dict[str, t.Any]:
+    """The column values of ``event``'s row: ``queued`` with its job id, ``pending`` when this
+    process may not queue (see ``Deps.can_enqueue``), or ``skipped`` at once when the schedule
+    has no usable channel. Every row has the same keys, so a batch is one multi-row ``INSERT``.
 
     Never raises for the event's content (see :func:`driftwise_slack.row_fit.fit_event`): a
     scanner's odd text must not roll back the host's scan transaction.
     """
     fit = fit_event(event, now=now)
-    row = Delivery(
-        dedupe_key=fit.dedupe_key, org_id=fit.org_id, event_type=fit.event_type,
-        schedule_id=fit.schedule_id, schedule_name=fit.schedule_name, channel=fit.channel,
-        run_id=fit.run_id, error=fit.error,
-        consecutive_failures=fit.consecutive_failures, disable_after=fit.disable_after,
-        occurred_at=fit.occurred_at, created_at=now, updated_at=now, attempts=0,
-        status=DeliveryStatus.QUEUED.value,
-    )
+    values: dict[str, t.Any] = {
+        "dedupe_key": fit.dedupe_key, "org_id": fit.org_id, "event_type": fit.event_type,
+        "schedule_id": fit.schedule_id, "schedule_name": fit.schedule_name,
+        "channel": fit.channel, "run_id": fit.run_id, "error": fit.error,
+        "consecutive_failures": fit.consecutive_failures, "disable_after": fit.disable_after,
+        "occurred_at": fit.occurred_at, "created_at": now, "updated_at": now, "attempts": 0,
+        "status": _QUEUED, "reason": None, "lease_until": None, "job_id": None,
+    }
     if fit.skip_reason is not None:
-        row.status = DeliveryStatus.SKIPPED.value
-        row.reason = fit.skip_reason
+        values["status"], values["reason"] = DeliveryStatus.SKIPPED.value, fit.skip_reason
+    elif not can_enqueue:
+        # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
+        # leave the row to that process's sweeper rather than to our private fakeredis.
+        values["status"] = DeliveryStatus.PENDING.value
     else:
-        row.lease_until = now + QUEUE_LEASE
-    return row
+        values["lease_until"] = now + QUEUE_LEASE
+        values["job_id"] = job_id_for(None, org_id=fit.org_id, channel=fit.channel)
+    return values
+
+
+def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
+    """The row for ``event`` as an ORM object (see :func:`delivery_values`)."""
+    return Delivery(**delivery_values(event, now=now))
 
 
 def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = False) -> None:
@@ -64,20 +78,14 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
         log.debug("event %s is not sent to Slack", event.type.value)
         return
     db = deps.session
-    row = build_delivery(event, now=utcnow())
-    queued = row.status == DeliveryStatus.QUEUED.value
-    if queued and not deps.can_enqueue:
-        # Embedded queue, but its worker lives in another process (e.g. the CLI in the demo):
-        # leave the row to that process's sweeper rather than to our private fakeredis.
-        row.status, row.lease_until, queued = DeliveryStatus.PENDING.value, None, False
-    job_id = row.job_id = (job_id_for(None, org_id=row.org_id, channel=row.channel)
-                           if queued else None)
+    values = delivery_values(event, now=utcnow(), can_enqueue=deps.can_enqueue)
+    job_id = values["job_id"]
     # One statement: the insert, the dedupe and the new id (no select-then-insert race).
-    delivery_id = DeliveryRepository(db).insert_unique(row)
+    delivery_id = DeliveryRepository(db).insert_values(values)
     if delivery_id is None:
         log.info("duplicate event %s ignored", event.dedupe_key)
         return
-    if not queued or job_id is None:
+    if job_id is None:
         if not in_caller_transaction:
             db.commit()
         return
@@ -86,3 +94,51 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
         enqueue_after_commit(deps, delivery_id, job_id)
     else:
         enqueue_when_committed(deps, delivery_id, job_id)
+
+
+def dispatch_many(deps: Deps, events: t.Iterable[ScanEvent], *,
+                  in_caller_transaction: bool = False) -> int:
+    """Accept a batch of events as :func:`dispatch` accepts each, in order; returns how many
+    new delivery rows were written (duplicates, in the batch or already stored, write none).
+
+    The notifying events become rows in one ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` per
+    run of them (a ``SCAN_SUCCEEDED`` between them closes its streaks in its place), and their
+    jobs go to Redis in one pipeline after the commit: the caller's with
+    ``in_caller_transaction`` (nothing is queued if it rolls back), else ours. Never raises for
+    a Redis outage (the rows stay ``pending`` for the sweeper) nor for an event's content.
+    """
+    db = deps.session
+    repo = DeliveryRepository(db)
+    jobs: list[tuple[int, str]] = []
+    written = 0
+    batch: dict[str, dict[str, t.Any]] = {}
+
+    def flush() -> None:
+        nonlocal written
+        if not batch:
+            return
+        ids = repo.insert_many_values(list(batch.values()))
+        written += len(ids)
+        jobs.extend((ids[key], row["job_id"]) for key, row in batch.items()
+                    if key in ids and row["job_id"] is not None)
+        batch.clear()
+
+    now = utcnow()
+    for event in events:
+        if event.type is EventType.SCAN_SUCCEEDED:
+            flush()  # the rows before it are in the transaction, as one by one
+            recover(deps, event, in_caller_transaction=True)
+            continue
+        if not event.type.notifies:
+            continue
+        values = delivery_values(event, now=now, can_enqueue=deps.can_enqueue)
+        # The first of two equal events wins, as it would one by one.
+        batch.setdefault(values["dedupe_key"], values)
+    flush()
+    if in_caller_transaction:
+        for delivery_id, job_id in jobs:
+            enqueue_when_committed(deps, delivery_id, job_id)
+    else:
+        db.commit()
+        enqueue_many_after_commit(deps, jobs)
+    return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 
 from flask import Flask
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from . import migrations
 from .cli import slack_cli
 from .config import OPTIONS, Settings, load_settings
-from .dispatch import dispatch
+from .dispatch import dispatch, dispatch_many
 from .host import HostAdapter, ScanEvent
 from .runtime import EXTENSION_KEY, Runtime, get_runtime
 from .views.setup import register
@@ -80,3 +81,17 @@ class SlackIntegration:
         it commits; without, the dispatcher commits on a session of its own.
         """
         dispatch(get_runtime().deps(session), event, in_caller_transaction=session is not None)
+
+    def dispatch_many(self, events: Iterable[ScanEvent], *,
+                      session: Session | None = None) -> int:
+        """Hand a batch of scan events to the dispatcher (see ``dispatch.dispatch_many``), for a
+        host that records many scans in one transaction: one multi-row INSERT for their rows and
+        one Redis pipeline for their jobs, each event handled as :meth:`dispatch` would.
+
+        With ``session`` the rows join the caller's transaction and are queued after it commits
+        (nothing is queued if it rolls back); without, the dispatcher commits on a session of
+        its own. Returns how many new delivery rows were written (duplicates write none).
+        Never raises for a Redis outage or for an event's content.
+        """
+        return dispatch_many(get_runtime().deps(session), events,
+                             in_caller_transaction=session is not None)

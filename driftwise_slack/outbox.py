@@ -38,8 +38,15 @@ def enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str, *,
 
 
 def _drain(db: Session) -> None:
-    for deps, delivery_id, job_id, delay in db.info.pop(_PENDING, []):
-        enqueue_after_commit(deps, delivery_id, job_id, delay=delay)
+    pending = db.info.pop(_PENDING, [])
+    now: dict[int, tuple[Deps, list[tuple[int, str]]]] = {}
+    for deps, delivery_id, job_id, delay in pending:
+        if delay > 0:
+            enqueue_after_commit(deps, delivery_id, job_id, delay=delay)
+        else:  # due now: one pipeline per Redis for the whole transaction's jobs
+            now.setdefault(id(deps.redis()), (deps, []))[1].append((delivery_id, job_id))
+    for deps, jobs in now.values():
+        enqueue_many_after_commit(deps, jobs)
 
 
 def _discard(db: Session) -> None:
@@ -49,6 +56,9 @@ def _discard(db: Session) -> None:
 def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str, *,
                          delay: float = 0.0) -> None:
     """Queue the committed row; on a Redis outage mark it ``pending`` for the sweeper."""
+    if delay <= 0:
+        enqueue_many_after_commit(deps, [(delivery_id, job_id)])
+        return
     try:
         enqueue_delivery(get_queue(deps.redis()), delivery_id, job_id=job_id, delay=delay)
     except RedisError as exc:
@@ -57,13 +67,33 @@ def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str, *,
         _mark_pending(deps, delivery_id)
 
 
-def _mark_pending(deps: Deps, delivery_id: int) -> None:
-    """Hand the row to the sweeper now; if even that fails, its lease runs out in a minute."""
+def enqueue_many_after_commit(deps: Deps, jobs: t.Sequence[tuple[int, str]]) -> None:
+    """Queue committed rows ``(delivery_id, job_id)`` due now, in one Redis pipeline; on a
+    Redis outage mark them all ``pending`` for the sweeper (a job that did get queued still
+    claims its row: ``pending`` rows are claimable, and a claim is taken once). One job is one
+    round trip too: RQ without a pipeline makes two."""
+    if not jobs:
+        return
+    try:
+        queue = get_queue(deps.redis())
+        with queue.connection.pipeline() as pipe:
+            for delivery_id, job_id in jobs:
+                enqueue_delivery(queue, delivery_id, job_id=job_id, pipeline=pipe)
+            pipe.execute()
+    except RedisError as exc:
+        log.error("could not queue %d deliveries (%s); the sweeper will retry", len(jobs),
+                  type(exc).__name__)
+        _mark_pending(deps, *(delivery_id for delivery_id, _job in jobs))
+
+
+def _mark_pending(deps: Deps, *delivery_ids: int) -> None:
+    """Hand the rows to the sweeper now; if even that fails, their lease runs out in a minute."""
     try:
         with deps.engine.begin() as conn:
-            conn.execute(update(Delivery).where(Delivery.id == delivery_id,
+            conn.execute(update(Delivery).where(Delivery.id.in_(delivery_ids),
                                                 Delivery.status == DeliveryStatus.QUEUED.value)
                          .values(status=DeliveryStatus.PENDING.value, lease_until=None,
                                  job_id=None, updated_at=utcnow()))
     except Exception:
-        log.exception("could not mark delivery %s pending; its lease will lapse", delivery_id)
+        log.exception("could not mark deliveries %s pending; their lease will lapse",
+                      list(delivery_ids))

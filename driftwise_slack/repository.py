@@ -60,6 +60,23 @@ def _dialect_insert(session: Session) -> t.Any:
     return None
 
 
+_INSERT_STMTS: dict[t.Any, t.Any] = {}
+
+
+def _insert_stmt(insert: t.Any, *, many: bool = False) -> t.Any:
+    """The ``INSERT .. ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`` (and the dedupe key,
+    for ``many``) of a dialect, built once; its values come as parameters, so its compiled form
+    is cached too."""
+    stmt = _INSERT_STMTS.get((insert, many))
+    if stmt is None:
+        table = t.cast(t.Any, Delivery.__table__)
+        returning = (table.c.id, table.c.dedupe_key) if many else (table.c.id,)
+        stmt = _INSERT_STMTS[(insert, many)] = (
+            insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(*returning))
+    return stmt
+
+
 class StateRepository:
     """Single use for OAuth state nonces."""
 
@@ -182,6 +199,37 @@ class DeliveryRepository:
         stmt = (insert(Delivery).values(**values)
                 .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id))
         return self.session.execute(stmt).scalar_one_or_none()
+
+    def insert_values(self, values: t.Mapping[str, t.Any]) -> int | None:
+        """Insert the row of column ``values`` unless its ``dedupe_key`` exists: the new id, or
+        ``None``. A Core ``INSERT .. ON CONFLICT DO NOTHING RETURNING id`` on PostgreSQL and
+        SQLite (one statement, cached once compiled; no ORM object or flush); elsewhere
+        :meth:`add_unique`."""
+        insert = _dialect_insert(self.session)
+        if insert is None:
+            return self.insert_unique(Delivery(**values))
+        stmt = _insert_stmt(insert)
+        return self.session.execute(stmt, dict(values)).scalar_one_or_none()
+
+    def insert_many_values(self, rows: t.Sequence[t.Mapping[str, t.Any]]) -> dict[str, int]:
+        """Insert each row of column values whose ``dedupe_key`` is new, in one multi-row
+        ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on PostgreSQL and SQLite: the new ids by
+        dedupe key. Rows must share their keys; keys repeated in ``rows`` give one row."""
+        if not rows:
+            return {}
+        insert = _dialect_insert(self.session)
+        if insert is None:
+            found: dict[str, int] = {}
+            for values in rows:
+                new_id = self.insert_unique(Delivery(**values))
+                if new_id is not None:
+                    found[values["dedupe_key"]] = new_id
+            return found
+        # One cached statement run as "insertmanyvalues": SQLAlchemy sends it as multi-row
+        # INSERTs of up to 1000 rows each, without compiling a new statement per batch size.
+        stmt = _insert_stmt(insert, many=True)
+        return {key: new_id for new_id, key in self.session.execute(
+            stmt, [dict(values) for values in rows])}
 
     def get(self, *, delivery_id: int) -> Delivery | None:
         return self.session.get(Delivery, delivery_id)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import typing as t
 
 from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from sqlalchemy import create_engine
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from .config import Settings, normalize_database_url
@@ -36,6 +39,40 @@ if t.TYPE_CHECKING:
 
 #: Key of the runtime in ``app.extensions``.
 EXTENSION_KEY = "driftwise_slack"
+#: Seconds after which a pooled connection is closed and replaced on its next checkout.
+POOL_RECYCLE = 1800
+#: A connection back in the pool for longer than this is pinged before it is handed out.
+IDLE_PING = 10.0
+_CHECKED_IN = "driftwise_slack.checked_in"
+
+
+def ping_if_idle(engine: Engine, *, idle: float = IDLE_PING) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for ``idle`` seconds.
+
+    What ``pool_pre_ping`` guards against (a server restart, a proxy or firewall dropping an
+    idle socket) happens to idle connections; one in steady use proves itself on every
+    statement. A failed ping makes the pool drop that connection and check out another (the
+    pool's own retry); a connection that dies between two busy statements fails that one
+    statement, and SQLAlchemy then replaces every connection of the pool made before it.
+    """
+
+    def checkin(_dbapi: t.Any, record: t.Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    def checkout(dbapi: t.Any, record: t.Any, _proxy: t.Any) -> None:
+        since = record.info.pop(_CHECKED_IN, None)
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi)
+        except Exception:
+            alive = False
+        if not alive:
+            raise DisconnectionError("pooled connection did not answer a ping")
+
+    sa_event.listen(engine, "checkin", checkin)
+    sa_event.listen(engine, "checkout", checkout)
 
 
 class Runtime:
@@ -77,10 +114,15 @@ class Runtime:
             url = normalize_database_url(self.settings.database_url)
             kwargs: dict[str, t.Any] = {"future": True}
             if url.startswith("postgresql"):
-                kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+                # No pool_pre_ping: a round trip before every checkout is a third of a status
+                # request. Connections are recycled before any server or proxy idle limit, and
+                # only one that sat idle in the pool is pinged (see ping_if_idle).
+                kwargs.update(pool_size=5, max_overflow=5, pool_recycle=POOL_RECYCLE)
             elif url.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30}  # demo: web, CLI and worker share a file
             self._engine = create_engine(url, **kwargs)
+            if url.startswith("postgresql"):
+                ping_if_idle(self._engine)
             self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False))
             self._slack = CountingSlackClient(self.settings.api_url,
                                               timeout=self.settings.slack_timeout)

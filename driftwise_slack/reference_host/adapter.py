@@ -28,8 +28,9 @@ def parse_id(value: str | int | None) -> int | None:
 class ReferenceHostAdapter:
     """Answers the extension's questions from the host's own tables.
 
-    Reads use short sessions of their own, so they leave no transaction open in a request or in
-    the worker; :meth:`write_audit` commits its row in its own short transaction.
+    Outside a request, reads use short sessions of their own, so they leave no transaction open
+    in the worker; in a request, :meth:`role_of` reads on the request's session (removed at
+    teardown). :meth:`write_audit` commits its row in its own short transaction.
     """
 
     def __init__(self, db: HostDatabase, *, base_url: str | None = None) -> None:
@@ -46,9 +47,18 @@ class ReferenceHostAdapter:
         org, user = parse_id(org_id), parse_id(user_id)
         if org is None or user is None:
             return None
-        with self._db.read() as session:
-            role = session.scalar(sa.select(Membership.role).where(
-                Membership.org_id == org, Membership.user_id == user))
+        stmt = sa.select(Membership.role).where(Membership.org_id == org,
+                                                Membership.user_id == user)
+        if has_request_context():
+            # In a request, ask on the request's own session: the connection its auth lookup
+            # already holds, so no second checkout. A read only; autoflush off so the request's
+            # unflushed changes are not written by our question.
+            session = self._db.session
+            with session.no_autoflush:
+                role = session.scalar(stmt)
+        else:
+            with self._db.read() as session:
+                role = session.scalar(stmt)
         return None if role is None else Role(role)
 
     def plan_of(self, org_id: str) -> Plan | None:
