@@ -6,14 +6,24 @@ delivery use-case its collaborators.
 """
 from __future__ import annotations
 
+import time
+
+from rq import get_current_job
+
+from .batch import deliver_more
 from .delivery import deliver_one
 from .runtime import get_runtime
 
 
 def deliver(delivery_id: int) -> str:
-    """Deliver one notification. Returns the final or interim status (for logs and tests)."""
+    """Deliver one notification, then (run by an RQ worker) further due ones of other lanes
+    (see ``batch``). Returns the first one's final or interim status (for logs and tests)."""
+    started = time.monotonic()
     deps = get_runtime().deps()
     try:
-        return deliver_one(deps, delivery_id)
+        status = deliver_one(deps, delivery_id)
+        if get_current_job() is not None and deps.settings.redis_url:
+            deliver_more(deps, started=started)
+        return status
     finally:
         deps.session.close()
