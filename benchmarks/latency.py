@@ -1,6 +1,8 @@
 """9. End to end: dispatch() → Slack received, at a steady rate, against a bare RQ job."""
 from __future__ import annotations
 
+import json
+import re
 import time
 import typing as t
 
@@ -80,15 +82,19 @@ def _paced(count: int, send: t.Callable[[int], None]) -> dict[int, float]:
     return sent
 
 
-def _received(bench: Bench, lanes: list[tuple[t.Any, str]], prefix: str) -> dict[int, float]:
+def _received(bench: Bench, lanes: list[tuple[t.Any, str]], prefix: str,
+              sent: dict[int, float]) -> dict[int, float]:
+    """Event number -> first receive time of a message naming it (text, blocks or a digest)
+    received after its dispatch: a streak's parent, edited later to name it, does not count."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)")
     got: dict[int, float] = {}
     for _, channel in lanes:
         for message in bench.slack.messages(channel):
-            text = str(message.get("text") or "")
-            at = text.find(prefix)
-            if at >= 0:
-                number = int(text[at + len(prefix):].split()[0].strip("*_`.,:;)("))
-                got[number] = min(got.get(number, float("inf")), float(message["received_at"]))
+            at = float(message["received_at"])
+            for number in {int(m) for m in pattern.findall(json.dumps(message))}:
+                if number not in sent or at < sent[number]:
+                    continue
+                got[number] = min(got.get(number, float("inf")), at)
     return got
 
 
@@ -148,7 +154,7 @@ def _bare(bench: Bench, count: int) -> list[float]:
 
 def _latencies(bench: Bench, lanes: list[tuple[t.Any, str]], prefix: str,
                sent: dict[int, float], what: str) -> list[float]:
-    got = _received(bench, lanes, prefix)
+    got = _received(bench, lanes, prefix, sent)
     if set(got) != set(sent):
         raise RuntimeError(f"{what}: {len(sent)} sent, {len(got)} received")
     return [got[i] - sent[i] for i in sorted(sent)]
