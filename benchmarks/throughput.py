@@ -17,10 +17,7 @@ METHOD = """\
 Each round runs four set-ups one after the other (interleaved, so machine noise hits all alike).
 Workers are started and registered first with RQ suspended; then the jobs are queued and RQ is
 resumed, so start-up is never timed. Throughput is jobs finished divided by the time from the
-first job's `started_at` to the last job's `ended_at`, read from RQ's own job records; for ours,
-whose jobs also deliver further due rows (and delete those rows' jobs), it is deliveries `sent`
-divided by the time from the first job's `started_at` to the later of the last job's `ended_at`
-and the last row's `sent_at` (never shorter than the jobs' own window).
+first job's `started_at` to the last job's `ended_at`, read from RQ's own job records.
 
 - **ours**: `flask --app wsgi slack worker` (the Procfile's worker: RQ `SimpleWorker` + scheduler
   + sweeper thread), 1 and 4 processes. Each job is a full delivery of a scheduled-scan failure:
@@ -102,17 +99,11 @@ def _ours(bench: Bench, n: int, *, procs: int) -> float:
         job_ids = [row[0] for row in bench.sql("SELECT job_id FROM slack_deliveries")]
         posts_before = bench.slack.counts().get("chat.postMessage", 0)
         common.resume(bench)
-        bench.wait(lambda: bench.statuses().get("sent", 0) >= n,
+        bench.wait(lambda: common.registry_done(bench, QUEUE) >= n,
                    timeout=60 + n / 2, interval=0.1, what=f"{n} deliveries", procs=workers)
     finally:
         bench.stop(workers)
-    # A job may deliver further rows after its own (driftwise_slack.batch) and their jobs are
-    # deleted: the window runs from the first job's start to the later of the last job's end
-    # and the last row's sent_at (the database's clock, on this same machine).
-    first, last, _ = common.job_window(bench, job_ids)
-    last = max(last, float(bench.sql("SELECT extract(epoch FROM max(sent_at)) "
-                                     "FROM slack_deliveries")[0][0] or 0))
-    done = n
+    first, last, done = common.job_window(bench, job_ids)
     statuses = bench.statuses()
     posts = bench.slack.counts().get("chat.postMessage", 0) - posts_before
     if statuses.get("sent") != n or posts != n:

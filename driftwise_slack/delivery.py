@@ -107,12 +107,6 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
                  "another job", delivery_id)
         return "not_claimed"
     deliveries.commit_fast()
-    return deliver_claimed(deps, row)
-
-
-def deliver_claimed(deps: Deps, row: Delivery) -> str:
-    """Deliver ``row``, already claimed (``sending`` under a lease, committed) by this process:
-    the rest of :func:`deliver_one`. Returns the status recorded, or ``not_claimed``."""
     if row.attempts > MAX_CLAIMS:
         return _record(deps, row, _Outcome(
             DeliveryStatus.FAILED, f"Not sent: delivery was started {MAX_CLAIMS} times without "

@@ -6,24 +6,14 @@ delivery use-case its collaborators.
 """
 from __future__ import annotations
 
-import time
-
-from rq import get_current_job
-
-from .batch import deliver_more
 from .delivery import deliver_one
 from .runtime import get_runtime
 
 
 def deliver(delivery_id: int) -> str:
-    """Deliver one notification, then (run by an RQ worker) further due ones of other lanes
-    (see ``batch``). Returns the first one's final or interim status (for logs and tests)."""
-    started = time.monotonic()
+    """Deliver one notification. Returns the final or interim status (for logs and tests)."""
     deps = get_runtime().deps()
     try:
-        status = deliver_one(deps, delivery_id)
-        if get_current_job() is not None and deps.settings.redis_url:
-            deliver_more(deps, started=started)
-        return status
+        return deliver_one(deps, delivery_id)
     finally:
         deps.session.close()

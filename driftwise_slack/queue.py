@@ -136,40 +136,6 @@ def alive_jobs(connection: Redis, job_ids: t.Sequence[str],
     return alive
 
 
-def forget_jobs(connection: Redis, job_ids: t.Sequence[str]) -> None:
-    """Delete the jobs ``job_ids`` from Redis (hash and scheduled entry) in one round trip. A
-    queue entry left behind costs RQ one lookup: it skips entries whose job is gone (see
-    :func:`drop_vanished` for the in-flight list RQ 2+ keeps). Raises ``RedisError``."""
-    if not job_ids:
-        return
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.delete(*(Job.key_for(job_id) for job_id in job_ids))
-        pipe.zrem(_scheduled_key(), *job_ids)
-        pipe.execute()
-
-
-def drop_vanished(connection: Redis, *, limit: int = 5000) -> int:
-    """Take entries whose job is gone out of the queue's in-flight list (RQ moves every dequeued
-    id there and leaves it when the job hash is missing, until its ten-minute maintenance).
-    Returns how many were dropped. Raises ``RedisError``."""
-    key = f"rq:queue:{QUEUE_NAME}:intermediate"
-    ids = [raw.decode() if isinstance(raw, bytes) else str(raw)
-           for raw in t.cast(list[t.Any], connection.lrange(key, 0, limit - 1))]
-    if not ids:
-        return 0
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.exists(Job.key_for(job_id))
-        found = pipe.execute()
-    gone = [job_id for job_id, there in zip(ids, found, strict=True) if not there]
-    if gone:
-        with connection.pipeline(transaction=False) as pipe:
-            for job_id in gone:
-                pipe.lrem(key, 1, job_id)
-            pipe.execute()
-    return len(gone)
-
-
 def enqueue_many(queue: Queue, items: t.Iterable[tuple[int, str]], *,
                  at: dt.datetime | None = None) -> int:
     """Queue ``(delivery_id, job_id)`` pairs in one pipeline (due at ``at`` when given, via the

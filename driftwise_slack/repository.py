@@ -228,32 +228,6 @@ class DeliveryRepository:
             .returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True)).first()
 
-    def claim_next(self, *, now: dt.datetime, lease_until: dt.datetime,
-                   skip_lanes: t.Collection[tuple[str, str | None]] = ()) -> Delivery | None:
-        """Take the oldest due notification of a lane not in ``skip_lanes`` for sending, as
-        :meth:`claim` takes one: only while it is ``pending`` or ``queued`` with ``not_before``
-        passed on the database's clock (never early; a lapsed ``sending`` row is the sweeper's
-        to hand on). One conditional ``UPDATE .. RETURNING``; a row another worker is taking
-        right now is skipped, not waited on (PostgreSQL). Parent edits are left to their own
-        jobs. ``None`` when nothing is due."""
-        db_now = self.now(now)
-        waiting = Delivery.status.in_((DeliveryStatus.PENDING.value, DeliveryStatus.QUEUED.value))
-        ids = (select(Delivery.id)
-               .where(text(UNFINISHED_SQL), waiting, Delivery.event_type != PARENT_UPDATE,
-                      or_(Delivery.not_before.is_(None), Delivery.not_before <= db_now),
-                      *[~((Delivery.org_id == org) & Delivery.channel.is_not_distinct_from(ch))
-                        for org, ch in skip_lanes])
-               .order_by(Delivery.id).limit(1))
-        if self.session.get_bind().dialect.name == "postgresql":
-            ids = ids.with_for_update(skip_locked=True)
-        return self.session.scalars(
-            update(Delivery)
-            .where(self._id_in(ids.scalar_subquery()), waiting)
-            .values(status=DeliveryStatus.SENDING.value, lease_until=db_now + (lease_until - now),
-                    attempts=Delivery.attempts + 1, updated_at=db_now)
-            .returning(Delivery)
-            .execution_options(synchronize_session=False, populate_existing=True)).first()
-
     def lock_state(self, *, delivery_id: int) -> tuple[str, str | None] | None:
         """``(status, job_id)`` of the row, locked until the transaction ends (PostgreSQL), so
         an outcome is written only over the state it was decided on. ``None``: no such row."""

@@ -20,15 +20,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from .health import watch_worker
 from .models import DeliveryStatus, utcnow
-from .queue import (
-    QUEUE_NAME,
-    alive_jobs,
-    drop_vanished,
-    enqueue_many,
-    get_queue,
-    job_id_for,
-    release_overdue,
-)
+from .queue import QUEUE_NAME, alive_jobs, enqueue_many, get_queue, job_id_for, release_overdue
 from .repository import DeliveryRepository, EventRepository, StateRepository
 
 if t.TYPE_CHECKING:
@@ -77,7 +69,6 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
         connection = deps.redis()
         queue = get_queue(connection)
         released = release_overdue(queue)
-        drop_vanished(connection)   # queue entries of jobs a batch took over (see batch)
         # A Redis that lost its data (restarted without persistence, failed over) lost every
         # job with it: then every waiting row is looked at now, not when its lease lapses.
         resync = bool(connection.set(EPOCH_KEY, "1", nx=True))
