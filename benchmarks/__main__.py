@@ -15,7 +15,7 @@ import typing as t
 
 #: Benchmarks in the order they run (cheap and independent first); the report orders by number.
 ORDER = ("client", "dispatch", "memory", "throughput", "fairness", "pacing", "api", "flood",
-         "storm", "scale")
+         "storm", "latency", "scale")
 #: Packages the benchmarks need beyond the package's own dependencies (import name, pip name).
 EXTRA = (("slack_sdk", "slack_sdk"), ("psutil", "psutil"), ("pyinstrument", "pyinstrument"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

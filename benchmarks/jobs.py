@@ -84,3 +84,16 @@ def sdk_post(api_url: str, token: str, channel: str) -> str:
         channel=channel, text=payload["text"], blocks=payload["blocks"], token=token,
         unfurl_links=False, unfurl_media=False)
     return str(response["ts"])
+
+
+def tagged_post(api_url: str, token: str, channel: str, tag: str) -> str:
+    """:func:`bare_post` with ``tag`` appended to the text, so its arrival can be matched."""
+    payload = message()
+    response = _http().post(api_url + "chat.postMessage",
+                            json={"channel": channel, "text": f"{payload['text']} {tag}",
+                                  "blocks": payload["blocks"], "unfurl_links": False,
+                                  "unfurl_media": False},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    if response.status_code != 200 or not response.json().get("ok"):
+        raise RuntimeError(f"post failed: {response.status_code}")
+    return str(response.json()["ts"])
