@@ -159,6 +159,11 @@ class Bench:
             "SLACK_AUTHORIZE_URL": self.emulator_url + "/oauth/v2/authorize",
             "SLACK_CALLBACK_RATE_LIMIT": "100000 per minute",
             "SLACK_CHANNEL_RATE": UNPACED,
+            # One Slack message per delivery, as these benchmarks have always measured: the
+            # conversation features (threads, edits, digests) are on only where a benchmark
+            # says so (storm).
+            "SLACK_THREADS": "off",
+            "SLACK_DIGEST_MIN": "0",
             "DRIFTWISE_BASE_URL": "https://driftwise.bench",
         }
         self.app = self.make_app()

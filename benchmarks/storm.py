@@ -30,12 +30,13 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
     times: list[float] = []
     used: list[float] = []
     for round_no in range(opts.rounds):
-        total, messages = _round(bench, COUNT, {})
+        total, messages = _round(bench, COUNT, {"SLACK_DIGEST_MIN": "3", "SLACK_THREADS": "on"})
         times.append(total)
         used.append(messages)
         common.log(f"round {round_no + 1}: {COUNT} failures visible in {total:.2f}s "
                    f"using {messages} message(s) (load {common.loadavg()})")
-    base, base_messages = _round(bench, baseline_posts, {"SLACK_DIGEST_MIN": "0"})
+    base, base_messages = _round(bench, baseline_posts,
+                                 {"SLACK_DIGEST_MIN": "0", "SLACK_THREADS": "on"})
     extrapolated = base / baseline_posts * COUNT
     common.log(f"baseline: {baseline_posts} posts in {base:.1f}s ({base_messages} messages), "
                f"extrapolated to {COUNT}: {extrapolated:.0f}s")

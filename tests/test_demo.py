@@ -45,7 +45,8 @@ def test_demo_connects_and_delivers(tmp_path: t.Any) -> None:
         while not slack.messages("C0ALERTS") and time.monotonic() < deadline:
             time.sleep(0.25)
         messages = slack.messages("C0ALERTS")
-        assert len(messages) == 1 and "AWS credentials expired" in messages[0]["text"]
+        assert len(messages) == 1 and "AWS credentials expired" in messages[0]["text"], \
+            demo.logs()[-4000:]
         # The printed command line works too: another process, same SQLite file and demo key.
         cli = ManagedProcess([sys.executable, "-m", "flask", "--app", "wsgi", "host", "fail-scan",
                               str(first["id"]), "--error", "second failure"],
