@@ -26,7 +26,7 @@ from . import common
 from .env import Bench
 from .stats import Outcome, median, percentile
 
-NUMBER = 9
+NUMBER = 11
 TITLE = "Cost that does not grow with history"
 ORGS, CHANNELS = 5000, 20_000
 METHOD = f"""\

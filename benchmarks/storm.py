@@ -5,7 +5,7 @@ from . import common
 from .env import Bench
 from .stats import Outcome, median
 
-NUMBER = 9
+NUMBER = 10
 TITLE = "A storm on one channel: digests against one message per failure"
 COUNT = 500
 #: Posts measured in the digests-off baseline; its time is extrapolated to COUNT.
