@@ -245,7 +245,8 @@ class DeliveryRepository:
         as light rows (``id, org_id, channel, status, job_id``), for the sweeper's batched,
         conditional writes: the longest unattended first, read from the front of
         ``ix_slack_deliveries_unfinished_lease`` (see :meth:`due`), so the cost follows the rows
-        returned, not the unfinished rows holding a running lease. ``after_id`` is not used
+        returned, not the unfinished rows holding a running lease; the batch is returned by id.
+        ``after_id`` is not used
         here: the sweeper renews the lease of every row it reads, so the next read starts past
         them by itself.
 
@@ -258,7 +259,9 @@ class DeliveryRepository:
             key = self._lease_key()
             stmt = (select(*columns).where(text(UNFINISHED_SQL), key < self.now())
                     .order_by(key, Delivery.id).limit(limit))
-            return list(self.session.execute(stmt))
+            # Handed back by id: the batch's writes then lock rows in id order, as every other
+            # sweeper's and ``slack requeue``'s do, so two of them never deadlock.
+            return sorted(self.session.execute(stmt), key=lambda row: row.id)
         lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now(),
                      Delivery.status != DeliveryStatus.SENDING.value)
         stmt = (select(*columns)
