@@ -5,7 +5,7 @@ Two kinds, kept apart on purpose:
 
 * **Database figures** (:class:`DeliveryCollector`): computed at scrape time from the tables, so
   every web host answers the same numbers. Each scrape runs two aggregate queries over the
-  unfinished rows (the partial index ``ix_slack_deliveries_unfinished``: their cost follows the
+  unfinished rows (a partial index holds just those rows: their cost follows the
   backlog, not the history) and one over installations. Finished rows are a table-sized count
   (about 0.36 s at 1 M rows): it runs on every scrape only while the table is small, and
   otherwise at most once per :data:`FINISHED_REFRESH` per process (see :class:`FinishedCounts`).

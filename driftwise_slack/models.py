@@ -150,6 +150,14 @@ UNFINISHED_SQL = status_sql(UNFINISHED_STATUSES)
 #: The predicate of the partial index over finished rows (what cleanup deletes).
 FINAL_SQL = status_sql(FINAL_STATUSES)
 
+#: The sweeper's sort key: when a row's lease lapsed, ``-infinity`` for a row never leased (a
+#: literal, see status_sql: the query must repeat the index expression as written). Ordered
+#: by it, "unattended" is one range at the front of ``ix_slack_deliveries_unfinished_lease``,
+#: however many unfinished rows hold a running lease and whatever the planner's statistics
+#: say (finished rows' NULL leases make ``lease_until IS NULL`` look like most of the table).
+#: On SQLite the text ``'-infinity'`` sorts before every stored timestamp, too.
+LEASE_KEY_SQL = "COALESCE(lease_until, '-infinity')"
+
 #: ``event_type`` of a row that edits a streak's parent message: queued, leased, retried and
 #: swept like a notification, but no notification of its own, so never listed or digested.
 PARENT_UPDATE = "parent_update"
@@ -168,8 +176,11 @@ class Delivery(Base):
               postgresql_where=text(LISTED_SQL), sqlite_where=text(LISTED_SQL)),
         Index("ix_slack_deliveries_org_schedule", "org_id", "schedule_id", "id",
               postgresql_where=text(LISTED_SQL), sqlite_where=text(LISTED_SQL)),
-        # The sweeper's scan: its cost follows the unfinished rows, not the history.
-        Index("ix_slack_deliveries_unfinished", "id",
+        # The sweeper's read of unattended rows: one range of lapsed (or no) leases, its cost
+        # following the rows to handle, not the unfinished rows holding a running lease. It
+        # replaced an index of unfinished ids, which the planner preferred (and walked whole)
+        # whenever its statistics had not yet seen a backlog of queued rows.
+        Index("ix_slack_deliveries_unfinished_lease", text(LEASE_KEY_SQL), "id",
               postgresql_where=text(UNFINISHED_SQL), sqlite_where=text(UNFINISHED_SQL)),
         # What is still waiting in one lane (org, channel), e.g. to decide on a digest.
         Index("ix_slack_deliveries_lane_unfinished", "org_id", "channel", "id",

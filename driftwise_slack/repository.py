@@ -18,6 +18,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -30,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .models import (
     FINAL_SQL,
+    LEASE_KEY_SQL,
     LISTED_SQL,
     PARENT_UPDATE,
     UNFINISHED_SQL,
@@ -39,6 +41,7 @@ from .models import (
     Installation,
     RedeemedState,
     SeenEvent,
+    UTCDateTime,
     utcnow,
 )
 
@@ -286,18 +289,39 @@ class DeliveryRepository:
 
     def unattended(self, *, limit: int = 500, after_id: int = 0,
                    resync: bool = False) -> list[t.Any]:
-        """Like :meth:`due` on the database's clock, as light rows (``id, org_id, channel,
-        status, job_id``) with ids above ``after_id``, for the sweeper's batched, conditional
-        writes. With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
-        whatever its lease: the job it waits on may be gone."""
-        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now())
-        if resync:
-            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
-        stmt = (select(Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
-                       Delivery.job_id)
+        """Rows nobody is looking after (never leased, or lease lapsed on the database's clock),
+        as light rows (``id, org_id, channel, status, job_id``), for the sweeper's batched,
+        conditional writes: the longest unattended first, read from the front of
+        ``ix_slack_deliveries_unfinished_lease`` (see :meth:`due`), so the cost follows the rows
+        returned, not the unfinished rows holding a running lease; the batch is returned by id.
+        ``after_id`` is not used
+        here: the sweeper renews the lease of every row it reads, so the next read starts past
+        them by itself.
+
+        With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
+        whatever its lease, as the job it waits on may be gone: then the rows come by id,
+        those above ``after_id``, over all unfinished rows (once, after a loss of Redis)."""
+        columns = (Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
+                   Delivery.job_id)
+        if not resync:
+            key = self._lease_key()
+            stmt = (select(*columns).where(text(UNFINISHED_SQL), key < self.now())
+                    .order_by(key, Delivery.id).limit(limit))
+            # Handed back by id: the batch's writes then lock rows in id order, as every other
+            # sweeper's and ``slack requeue``'s do, so two of them never deadlock.
+            return sorted(self.session.execute(stmt), key=lambda row: row.id)
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now(),
+                     Delivery.status != DeliveryStatus.SENDING.value)
+        stmt = (select(*columns)
                 .where(text(UNFINISHED_SQL), Delivery.id > after_id, lapsed)
                 .order_by(Delivery.id).limit(limit))
         return list(self.session.execute(stmt))
+
+    @staticmethod
+    def _lease_key() -> t.Any:
+        """``LEASE_KEY_SQL`` as written in the index (a literal; typed, so that the time it is
+        compared with is bound as one)."""
+        return literal_column(LEASE_KEY_SQL, UTCDateTime())
 
     def extend_leases(self, pairs: t.Sequence[tuple[int, str]], *,
                       seconds: float) -> int:
@@ -398,15 +422,18 @@ class DeliveryRepository:
         self.session.commit()
 
     def due(self, *, now: dt.datetime, limit: int = 500) -> list[Delivery]:
-        """Rows nobody is looking after: never queued, or whose lease has lapsed. Oldest first.
+        """Rows nobody is looking after: never leased, or whose lease lapsed before ``now``.
+        The longest unattended first: never leased (by id), then by when the lease lapsed.
 
-        The status test is the literal predicate of ``ix_slack_deliveries_unfinished``, so the
-        scan reads unfinished rows only, however many finished ones the table holds.
+        The status test is the literal predicate and the order the literal expression of
+        ``ix_slack_deliveries_unfinished_lease``, so the read is one range at the front of that
+        index: it reads the rows returned, neither the history nor the unfinished rows whose
+        lease still runs. Ordered by id instead, the planner, misled by the NULL leases of
+        finished rows, walked every unfinished row and threw away those with a running lease.
         """
-        stmt = (select(Delivery)
-                .where(text(UNFINISHED_SQL),
-                       or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
-                .order_by(Delivery.id).limit(limit))
+        key = self._lease_key()
+        stmt = (select(Delivery).where(text(UNFINISHED_SQL), key < now)
+                .order_by(key, Delivery.id).limit(limit))
         return list(self.session.scalars(stmt))
 
     def recent(self, *, org_id: str, schedule_id: str | None = None, before_id: int | None = None,

@@ -85,13 +85,18 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
                                                     channel=row.channel))
                     for row in rows if not (row.job_id in alive
                                             and row.status == DeliveryStatus.QUEUED.value)]
-            extended += deliveries.extend_leases(keep, seconds=LEASE_SECONDS)
+            renewed = deliveries.extend_leases(keep, seconds=LEASE_SECONDS)
+            extended += renewed
             taken = deliveries.take_for_requeue(take, seconds=LEASE_SECONDS, resync=resync)
             session.commit()
             last_id = rows[-1].id if rows else last_id
             # Lost here (Redis gone)? The rows' leases lapse and the next sweep takes them.
             requeued += enqueue_many(queue, taken)
             if len(rows) < batch or time.monotonic() - started > budget:
+                break
+            # Without resync the next read starts past the rows just renewed; a batch that
+            # renewed none (others changed every row first) would only read them again.
+            if not resync and not (renewed or taken):
                 break
     except RedisError as exc:
         session.rollback()

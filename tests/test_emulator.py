@@ -247,6 +247,79 @@ def test_fault_ratelimited_and_timeout(client: FlaskClient) -> None:
     assert time.monotonic() - started >= 0.2 and slow.json["ok"] is True
 
 
+HOSTILE_RETRY_AFTER = ["inf", "1e400", "-5", "nan", "soon", "1000000000000", "0", "",
+                       "Wed, 21 Oct 2015 07:28:00 GMT", "  12  ", "été"]
+
+
+@pytest.mark.parametrize("mode, status", [("ratelimited", 500), ("http_status", 429)])
+@pytest.mark.parametrize("raw", HOSTILE_RETRY_AFTER)
+def test_fault_sends_a_raw_retry_after_header_verbatim(client: FlaskClient, mode: str,
+                                                       status: int, raw: str) -> None:
+    token = install(client)["access_token"]
+    added = client.post("/_emulator/faults", json={
+        "method": "chat.postMessage", "mode": mode, "status": status,
+        "retry_after_header": raw, "times": 1})
+    assert added.status_code == 200, added.json
+    assert added.json["fault"]["retry_after_header"] == raw
+    limited = post(client, token, channel="C0ALERTS", text="x")
+    assert limited.status_code == 429
+    assert limited.headers.get_all("Retry-After") == [raw]
+    # The rule was used up: the next post goes through.
+    assert post(client, token, channel="C0ALERTS", text="x").json["ok"] is True
+
+
+@pytest.mark.parametrize("mode, status", [("ratelimited", 500), ("http_status", 429)])
+def test_fault_can_send_a_429_without_retry_after(client: FlaskClient, mode: str,
+                                                  status: int) -> None:
+    token = install(client)["access_token"]
+    added = client.post("/_emulator/faults", json={
+        "method": "chat.postMessage", "mode": mode, "status": status,
+        "retry_after_header": None, "times": 1})
+    assert added.json["fault"]["send_retry_after"] is False
+    limited = post(client, token, channel="C0ALERTS", text="x")
+    assert limited.status_code == 429 and "Retry-After" not in limited.headers
+
+
+def test_fault_numeric_retry_after_still_works(client: FlaskClient) -> None:
+    token = install(client)["access_token"]
+    client.post("/_emulator/faults", json={"method": "chat.postMessage", "mode": "http_status",
+                                           "status": 429, "retry_after": 9, "times": 1})
+    limited = post(client, token, channel="C0ALERTS", text="x")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "9"
+    # The default when neither is given.
+    client.post("/_emulator/faults", json={"method": "chat.postMessage", "mode": "ratelimited",
+                                           "times": 1})
+    assert post(client, token, channel="C0ALERTS", text="x").headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"retry_after_header": 5}, "must be a string"),
+    ({"retry_after_header": ["1"]}, "must be a string"),
+    ({"retry_after_header": "1\r\nX-Injected: yes"}, "one line"),
+    ({"retry_after_header": "1\x00"}, "one line"),
+    ({"retry_after_header": "☃"}, "Latin-1"),
+    ({"retry_after_header": "9" * 257}, "at most 256"),
+    ({"retry_after_header": "5", "retry_after": 5}, "not both"),
+    ({"retry_after": -1}, "must not be negative"),
+    ({"retry_after": "soon"}, "must be numbers"),
+])
+def test_bad_retry_after_rules_are_refused(client: FlaskClient, body: dict[str, t.Any],
+                                           reason: str) -> None:
+    refused = client.post("/_emulator/faults", json={"mode": "ratelimited", **body})
+    assert refused.status_code == 400
+    assert reason in json.dumps(refused.json)
+    assert client.get("/_emulator/faults").json == {"faults": []}
+
+
+def test_a_raw_retry_after_reaches_a_real_http_client(live: Live) -> None:
+    """Through the real server and socket, not the test client: the bytes arrive unchanged."""
+    for raw in ("1e400", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"):
+        live.control("POST", "/faults", json={"method": "auth.test", "mode": "ratelimited",
+                                              "retry_after_header": raw, "times": 1})
+        answer = live.api("auth.test")
+        assert answer.status_code == 429 and answer.headers["Retry-After"] == raw
+
+
 def test_fault_disconnect_propagates_as_connection_error(client: FlaskClient) -> None:
     client.post("/_emulator/faults", json={"method": "auth.test", "mode": "disconnect"})
     with pytest.raises(ConnectionError):

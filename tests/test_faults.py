@@ -273,3 +273,78 @@ def test_a_row_claimed_too_often_fails_with_a_reason(
     assert row["status"] == "failed"
     assert "20 times" in row["reason"]
     assert slack.messages() == []
+
+
+#: Retry-After values Slack (or a proxy before it) should never send, as raw header text;
+#: ``None`` sends a 429 without the header. Each is answered once to one delivery.
+HOSTILE_HEADERS: list[tuple[str, str | None]] = [
+    ("huge", "1000000000000"),
+    ("inf", "inf"),
+    ("1e400", "1e400"),
+    ("nan", "nan"),
+    ("negative", "-5"),
+    ("garbage", "soon"),
+    ("http-date-far", "Fri, 31 Dec 9999 23:59:59 GMT"),
+    ("http-date-past", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("missing", None),
+]
+
+
+def test_each_hostile_retry_after_header_holds_an_hour_at_most_and_is_sent_once(
+        actions: ApiActions, app: t.Any, config: dict[str, t.Any], db: t.Any,
+        slack: EmulatorClient, redis: t.Any) -> None:
+    """One real worker meets every hostile ``Retry-After`` in turn (one worker for all: starting
+    one per value would cost seconds each). For each: the 429 is taken, the channel's hold and
+    the row's ``not_before`` stay within an hour, and once Slack answers normally the delivery
+    is sent exactly once; the worker lives through all of them and logs no overflow or parse
+    error."""
+    connect(actions)
+    worker = start(worker_env(config))
+
+    def posted_once(count: int) -> bool:
+        """``count`` rows, all sent, and exactly one successful post per row."""
+        rows = deliveries(db)
+        posts = [c for c in slack.calls("chat.postMessage") if c.get("ok")]
+        return (len(rows) == count and all(r["status"] == "sent" for r in rows)
+                and len(posts) == count and len({r["slack_ts"] for r in rows}) == count)
+
+    try:
+        for count, (label, header) in enumerate(HOSTILE_HEADERS, start=1):
+            # A schedule of its own per value: one failure each, so no streak thread or
+            # auto-disable notice adds rows of its own.
+            schedule_id = schedule(actions)
+            slack.fault(method="chat.postMessage", mode="ratelimited",
+                        retry_after_header=header, times=1)
+            limited_before = len([c for c in slack.calls("chat.postMessage")
+                                  if c.get("fault") == "ratelimited"])
+            fail_scan(actions, schedule_id, error=f"hostile {label}")
+            wait_for(lambda before=limited_before: len(
+                         [c for c in slack.calls("chat.postMessage")
+                          if c.get("fault") == "ratelimited"]) > before
+                     and any(r["slack_error"] == "ratelimited" for r in deliveries(db)),
+                     timeout=15, message=f"the 429 with Retry-After {label}")
+            holds = [redis.pttl(key) for key in redis.scan_iter("driftwise_slack:hold:*")]
+            assert all(ms == -2 or 0 < ms <= 3600_000 for ms in holds), (label, holds)
+            for row in deliveries(db):
+                if row["not_before"] is not None and row["status"] != "sent":
+                    assert row["not_before"].timestamp() < time.time() + 3602, (label, row)
+            # Time travel past the (clamped) hold rather than wait up to an hour: drop the
+            # channel's hold key and make the rescheduled job due now, as Slack now answers.
+            for key in redis.scan_iter("driftwise_slack:hold:*"):
+                redis.delete(key)
+            try:
+                wait_for(lambda n=count: fire_scheduled(app) >= 0 and posted_once(n),
+                         timeout=20, interval=0.2, message=f"sent once after {label}")
+            except AssertionError:
+                rows = [(r["id"], r["event_type"], r["status"], r["slack_ts"], r["thread_ts"])
+                        for r in deliveries(db)]
+                raise AssertionError(f"{label}: {rows}\n{slack.messages()}") from None
+            assert worker.running, label
+        logs = worker.logs()
+        for error in ("OverflowError", "ValueError", "Traceback"):
+            assert error not in logs, worker.log_tail(60)
+        # Every 429 was a single call: none of the hostile values made the worker hammer Slack.
+        limited = [c for c in slack.calls("chat.postMessage") if c.get("fault") == "ratelimited"]
+        assert len(limited) == len(HOSTILE_HEADERS)
+    finally:
+        worker.stop()

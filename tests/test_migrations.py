@@ -31,7 +31,7 @@ VALUES ('o1', 'T1', 'Acme', 'chat:write', 'u1', 'sealed', '2026-11-30 09:00:00+0
     '2026-11-30 09:00:00+00')
 """
 NEW_INDEXES = {"ix_slack_deliveries_org", "ix_slack_deliveries_org_schedule",
-               "ix_slack_deliveries_unfinished", "ix_slack_deliveries_lane_unfinished",
+               "ix_slack_deliveries_unfinished_lease", "ix_slack_deliveries_lane_unfinished",
                "ix_slack_deliveries_finished_created"}
 
 
@@ -80,15 +80,16 @@ def test_0002_upgrades_a_populated_0001_database_in_place(url: str, tmp_path: t.
         assert init_db(url, tmp_path) == {"ok": True}
         assert init_db(url, tmp_path) == {"ok": True}
 
-        assert version(engine) == "0003"  # init-db goes to the head
+        assert version(engine) == "0004"  # init-db goes to the head
         row = delivery_row(engine)
         assert row.pop("digest") in (False, 0)
         assert row == {"dedupe_key": "scheduled_scan_failed:o1:s1:r1", "status": "sent",
                        "slack_ts": "1700000000.000100", "error": "boom", "thread_ts": None}
         schema = inspect(engine)
-        indexes = {i["name"] for i in schema.get_indexes("slack_deliveries")}
-        assert NEW_INDEXES <= indexes
-        assert not {"ix_slack_deliveries_status_lease", "ix_slack_deliveries_created"} & indexes
+        found = indexes(engine)
+        assert NEW_INDEXES <= found
+        assert not {"ix_slack_deliveries_status_lease", "ix_slack_deliveries_created",
+                    "ix_slack_deliveries_unfinished"} & found
         assert {c["name"] for c in schema.get_columns("slack_admin_notices")} == {
             "id", "org_id", "schedule_id", "reason", "last_notified_at", "delivery_id"}
         with engine.connect() as conn:
@@ -133,7 +134,7 @@ def test_the_partial_indexes_are_partial(url: str) -> None:
                     "AND tbl_name = 'slack_deliveries' AND sql IS NOT NULL")).all())
     finally:
         engine.dispose()
-    for name in ("ix_slack_deliveries_unfinished", "ix_slack_deliveries_lane_unfinished"):
+    for name in ("ix_slack_deliveries_unfinished_lease", "ix_slack_deliveries_lane_unfinished"):
         assert all(s in found[name] for s in ("pending", "queued", "sending")), found[name]
         assert "sent" not in found[name]
     assert all(s in found["ix_slack_deliveries_finished_created"]
@@ -159,6 +160,53 @@ def test_0003_adds_streaks_and_downgrades_cleanly(url: str) -> None:
         assert version(engine) == "0002"
         assert "slack_streaks" not in inspect(engine).get_table_names()
         migrations.upgrade(engine)
-        assert version(engine) == "0003"
+        assert version(engine) == "0004"
     finally:
         engine.dispose()
+
+
+def test_0004_adds_the_lease_index_and_downgrades_cleanly(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        migrations.upgrade(engine, "0003")
+        with engine.begin() as conn:
+            conn.execute(text(DELIVERY))
+        migrations.upgrade(engine)
+        assert version(engine) == "0004"
+        name = "ix_slack_deliveries_unfinished_lease"
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                definition = conn.execute(text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": name}).scalar()
+            else:
+                definition = conn.execute(text(
+                    "SELECT sql FROM sqlite_master WHERE name = :n"), {"n": name}).scalar()
+        # The expression the repository repeats as literal SQL, then id; replacing the index of
+        # unfinished ids, which the planner walked whole on stale statistics.
+        assert "ix_slack_deliveries_unfinished" not in indexes(engine)
+        assert "COALESCE(lease_until, '-infinity'" in definition, definition
+        from alembic import command
+
+        with engine.begin() as conn:
+            cfg = migrations._config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+        assert version(engine) == "0003"
+        assert indexes(engine) >= {"ix_slack_deliveries_unfinished"}
+        assert name not in indexes(engine)
+        migrations.upgrade(engine)
+        assert "ix_slack_deliveries_unfinished" not in indexes(engine)
+        assert delivery_row(engine)["dedupe_key"] == "scheduled_scan_failed:o1:s1:r1"
+    finally:
+        engine.dispose()
+
+
+def indexes(engine: t.Any) -> set[str]:
+    """The names of the deliveries table's indexes, expression indexes too (which SQLAlchemy's
+    inspector skips)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            return set(conn.execute(text("SELECT indexname FROM pg_indexes "
+                                         "WHERE tablename = 'slack_deliveries'")).scalars())
+        return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                     "AND tbl_name = 'slack_deliveries'")).scalars())

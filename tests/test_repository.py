@@ -217,14 +217,19 @@ def insert_delivery(db: t.Any, key: str, status: str, lease: str | None) -> int:
         {"key": key, "status": status}).scalar_one())
 
 
-def test_due_returns_unattended_unfinished_rows_oldest_first(engine: Engine, db: t.Any) -> None:
-    expected = []
+def test_due_returns_unattended_unfinished_rows_longest_unattended_first(
+        engine: Engine, db: t.Any) -> None:
+    never_leased, lapsed = [], []
     for status in (*FINAL_STATUSES, *UNFINISHED_STATUSES):
         for lease in (None, "now() - interval '1 minute'", "now() + interval '1 hour'"):
             row_id = insert_delivery(db, f"{status}-{lease}", status, lease)
-            if status in UNFINISHED_STATUSES and (lease is None or "-" in lease):
-                expected.append(row_id)
+            if status in UNFINISHED_STATUSES and lease is None:
+                never_leased.append(row_id)
+            elif status in UNFINISHED_STATUSES and "-" in (lease or ""):
+                lapsed.append(row_id)
     db.commit()
+    # Never leased first (by id), then by when the lease lapsed (the same moment here: by id).
+    expected = never_leased + lapsed
     with Session(engine) as session:
         due = DeliveryRepository(session).due(now=dt.datetime.now(dt.timezone.utc))
         assert [row.id for row in due] == expected

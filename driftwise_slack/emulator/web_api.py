@@ -200,7 +200,9 @@ METHODS: dict[str, Handler] = {
 
 
 def _fault_response(world: World, call: Call, mode: str, *, status: int, error: str,
-                    retry_after: int) -> Response:
+                    retry_after: str | None) -> Response:
+    """The answer of a fault rule. ``retry_after`` is a 429's ``Retry-After`` text as given
+    (any text a test chose), or ``None`` for a 429 without the header."""
     if mode == "disconnect":
         request.environ[DROP_CONNECTION_KEY] = True
         world.record_call(call, status=None, ok=False, error="disconnect")
@@ -211,12 +213,13 @@ def _fault_response(world: World, call: Call, mode: str, *, status: int, error: 
     if mode == "ratelimited":
         world.record_call(call, status=429, ok=False, error="ratelimited")
         response = _json({"ok": False, "error": "ratelimited"}, 429)
-        response.headers["Retry-After"] = str(retry_after)
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
         return response
     world.record_call(call, status=status, ok=False, error=f"http_{status}")
     response = Response(f"{status} emulated failure\n", status=status, mimetype="text/plain")
-    if status == 429:
-        response.headers["Retry-After"] = str(retry_after)
+    if status == 429 and retry_after is not None:
+        response.headers["Retry-After"] = retry_after
     return response
 
 
@@ -248,7 +251,7 @@ def dispatch(method: str) -> Response:
                     return Response("emulator was reset\n", status=503, mimetype="text/plain")
             else:
                 return _fault_response(world, call, rule.mode, status=rule.status,
-                                       error=rule.error, retry_after=rule.retry_after)
+                                       error=rule.error, retry_after=rule.retry_after_value())
     try:
         body = handler(world, params, token, call)
     except RateLimited as exc:
