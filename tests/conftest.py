@@ -15,9 +15,11 @@ import redis as redis_lib
 from sqlalchemy import create_engine, text
 
 import services
+from delivery_helpers import Start, worker_env
 from driftwise_slack.emulator import create_app as create_emulator
 from driftwise_slack.emulator import serve_in_thread
 from factories import ENCRYPTION_KEY, ApiActions, EmulatorClient
+from processes import RQWorker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,3 +159,19 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture
+def start_worker(config: dict[str, t.Any], db: t.Any, redis: t.Any) -> t.Iterator[Start]:
+    """Start worker processes (settings overridable per call); all are stopped afterwards."""
+    started: list[RQWorker] = []
+
+    def start(**overrides: t.Any) -> RQWorker:
+        worker = RQWorker(env=worker_env(config, **overrides)).start()
+        started.append(worker)
+        worker.wait_for_log("Listening on", timeout=30)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

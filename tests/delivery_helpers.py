@@ -18,8 +18,13 @@ from driftwise_slack.models import DeliveryStatus
 from driftwise_slack.queue import QUEUE_NAME, get_queue
 from driftwise_slack.runtime import get_runtime
 from factories import ACME, GLOBEX, ApiActions
+from processes import RQWorker
 
 #: The channel each seeded workspace's schedules notify by default.
+#: The ``start_worker`` fixture: starts a real ``flask --app wsgi slack worker``; keyword
+#: arguments override its settings.
+Start = t.Callable[..., RQWorker]
+
 HOME_CHANNEL = {ACME: "C0ALERTS", GLOBEX: "C0GLBX01"}
 #: Statuses a delivery ends in.
 FINAL = frozenset(s.value for s in DeliveryStatus if s.final)

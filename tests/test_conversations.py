@@ -9,33 +9,14 @@ from __future__ import annotations
 import signal
 import typing as t
 
-import pytest
 import sqlalchemy as sa
 
-from delivery_helpers import connect, deliveries, fail_scan, schedule, wait_for, worker_env
+from delivery_helpers import Start, connect, deliveries, fail_scan, schedule, wait_for
 from driftwise_slack.messages import SlackMessage
 from factories import ApiActions, EmulatorClient
 from message_checks import assert_inert, texts
-from processes import RQWorker
 
-Start = t.Callable[..., RQWorker]
 CHANNEL = "C0ALERTS"
-
-
-@pytest.fixture
-def start_worker(config: dict[str, t.Any], db: t.Any, redis: t.Any) -> t.Iterator[Start]:
-    """Start worker processes (settings overridable per call); all are stopped afterwards."""
-    started: list[RQWorker] = []
-
-    def start(**overrides: t.Any) -> RQWorker:
-        worker = RQWorker(env=worker_env(config, **overrides)).start()
-        started.append(worker)
-        worker.wait_for_log("Listening on", timeout=30)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def threads(slack: EmulatorClient, channel: str = CHANNEL) -> list[dict[str, t.Any]]:

@@ -12,36 +12,17 @@ import typing as t
 import pytest
 
 from delivery_helpers import (
+    Start,
     connect,
     deliveries,
     fail_scan,
     installations,
     schedule,
     wait_for,
-    worker_env,
 )
 from driftwise_slack.host import EventType, ScanEvent
 from driftwise_slack.reference_host.integration import slack as extension
 from factories import GLOBEX, ApiActions, EmulatorClient
-from processes import RQWorker
-
-Start = t.Callable[..., RQWorker]
-
-
-@pytest.fixture
-def start_worker(config: dict[str, t.Any], db: t.Any, redis: t.Any) -> t.Iterator[Start]:
-    """Start worker processes (settings overridable per call); all are stopped afterwards."""
-    started: list[RQWorker] = []
-
-    def start(**overrides: t.Any) -> RQWorker:
-        worker = RQWorker(env=worker_env(config, **overrides)).start()
-        started.append(worker)
-        worker.wait_for_log("Listening on", timeout=30)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def sent(db: t.Any, count: int = 1) -> bool:
