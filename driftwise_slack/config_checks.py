@@ -22,8 +22,10 @@ from .errors import ConfigurationError
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 #: Longest text echoed back in an error message.
 _ECHO_MAX = 40
-#: Largest request count a rate-limit item may allow; more is "unlimited" in all but name.
-MAX_RATE_AMOUNT = 1_000_000
+#: Largest request count a rate-limit item may allow. A very high limit is a legitimate way to
+#: keep the limiter running but out of the way (a load test does that with 100,000,000 per
+#: hour); past a billion it is a typo or "unlimited" in all but name, which is refused.
+MAX_RATE_AMOUNT = 1_000_000_000
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
