@@ -384,11 +384,11 @@ class DeliveryRepository:
 
     def park_lane(self, *, org_id: str, channel: str | None, until: dt.datetime,
                   new_job_id: t.Callable[[int], str], exclude_id: int | None = None,
-                  grace: dt.timedelta) -> list[tuple[int, str]]:
+                  grace: dt.timedelta) -> list[tuple[int, str, str | None]]:
         """Re-assign the ``queued`` rows of one (org, channel) lane due before ``until`` to new
-        jobs due at ``until``: ``(id, job_id)`` pairs to schedule after the commit. Their old
-        jobs, still in the queue, find the row no longer theirs and do nothing. Reads the lane's
-        own rows only (``ix_slack_deliveries_lane_unfinished``), whatever the backlog."""
+        jobs due at ``until``: ``(id, new_job_id, old_job_id)`` triples, the new jobs to
+        schedule after the commit and the old ones to drop. Reads the lane's own rows only
+        (``ix_slack_deliveries_lane_unfinished``), whatever the backlog."""
         lane = (select(Delivery.id, Delivery.job_id)
                 .where(text(UNFINISHED_SQL), Delivery.org_id == org_id,
                        Delivery.channel.is_(None) if channel is None
@@ -401,8 +401,9 @@ class DeliveryRepository:
         found = list(self.session.execute(lane))
         if not found:
             return []
-        parked: list[tuple[int, str]] = []
+        parked: list[tuple[int, str, str | None]] = []
         triples = [(row[0], row[1], new_job_id(row[0])) for row in found]
+        seen = {row[0]: row[1] for row in found}
         for chunk in self._matched(triples, ("id", "seen", "new")):
             stmt = (update(Delivery)
                     .where(Delivery.id == chunk["id"],
@@ -411,7 +412,8 @@ class DeliveryRepository:
                     .values(job_id=chunk["new"], not_before=until, lease_until=until + grace)
                     .returning(Delivery.id, Delivery.job_id)
                     .execution_options(synchronize_session=False))
-            parked += [(int(row[0]), str(row[1])) for row in self.session.execute(stmt)]
+            parked += [(int(row[0]), str(row[1]), seen[int(row[0])])
+                       for row in self.session.execute(stmt)]
         return parked
 
     def commit_fast(self) -> None:
