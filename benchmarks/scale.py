@@ -18,6 +18,7 @@ from redis import Redis
 from sqlalchemy.orm import Session
 
 from driftwise_slack.models import Delivery, DeliveryStatus
+from driftwise_slack.parking import schedule_parked
 from driftwise_slack.queue import enqueue_many, get_queue, job_id_for
 from driftwise_slack.repository import DeliveryRepository
 from driftwise_slack.worker import sweep
@@ -159,7 +160,7 @@ def _size(bench: Bench, rows: int, queued: int, *, cleanup: bool) -> dict[str, t
                                     new_job_id=lambda i: job_id_for(i, org_id="hot",
                                                                     channel="CHOT"))
             session.commit()
-            enqueue_many(queue, parked, at=until)
+            schedule_parked(queue, parked, at=until)
             out["park"] = (time.perf_counter() - start) * 1000
             start = time.perf_counter()   # again, with nothing left to move
             repo.park_lane(org_id="hot", channel="CHOT", until=until,

@@ -51,8 +51,14 @@ def park_lane(deps: Deps, row: Delivery, seconds: float) -> int:
     deliveries.commit_fast()
     if not parked:
         return 0
-    at = utcnow() + dt.timedelta(seconds=seconds)
-    queue = get_queue(deps.redis())
+    return schedule_parked(get_queue(deps.redis()), parked,
+                           at=utcnow() + dt.timedelta(seconds=seconds))
+
+
+def schedule_parked(queue: Queue, parked: t.Sequence[tuple[int, str, str | None]], *,
+                    at: dt.datetime) -> int:
+    """Schedule the parked rows' new jobs at ``at`` and drop their old jobs; how many were
+    scheduled. Raises ``redis.exceptions.RedisError`` when Redis is down."""
     count = enqueue_many(queue, [(delivery_id, new) for delivery_id, new, _ in parked], at=at)
     _drop_jobs(queue, [old for _, _, old in parked if old])
     return count
