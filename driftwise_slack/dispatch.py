@@ -12,7 +12,7 @@ import logging
 import typing as t
 
 from .host import EventType, ScanEvent
-from .models import Delivery, DeliveryStatus, utcnow
+from .models import DeliveryStatus, utcnow
 from .outbox import enqueue_after_commit, enqueue_many_after_commit, enqueue_when_committed
 from .queue import job_id_for
 from .repository import DeliveryRepository
@@ -57,11 +57,6 @@ def delivery_values(event: ScanEvent, *, now: dt.datetime,
         values["lease_until"] = now + QUEUE_LEASE
         values["job_id"] = job_id_for(None, org_id=fit.org_id, channel=fit.channel)
     return values
-
-
-def build_delivery(event: ScanEvent, *, now: dt.datetime) -> Delivery:
-    """The row for ``event`` as an ORM object (see :func:`delivery_values`)."""
-    return Delivery(**delivery_values(event, now=now))
 
 
 def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = False) -> None:
