@@ -24,7 +24,9 @@ from the first job's `started_at` to the last job's `ended_at`, read from RQ's o
   + sweeper thread), 1 and 4 processes. Each job is a full delivery of a scheduled-scan failure:
   claim the row in PostgreSQL, plan check through the host adapter, active installation, channel
   pacing in Redis, decrypt the token, build Block Kit, `chat.postMessage` to the emulator, record
-  the outcome. The notifications are queued with `dispatch(event, session=...)`, 500 per host
+  the outcome. A job that finds more jobs waiting delivers the heads of other ready lanes
+  itself, four at a time on threads with their own sessions, and drops their jobs
+  (`driftwise_slack.drain`): every row is still claimed, posted and recorded on its own. The notifications are queued with `dispatch(event, session=...)`, 500 per host
   transaction to keep set-up short (benchmark 4 times one `dispatch()` per transaction), spread
   round-robin over 20 orgs × 4 channels; `SLACK_CHANNEL_RATE="{unpaced}"` so the
   pacer runs (same Redis calls) but never holds a post back.
