@@ -7,6 +7,9 @@ closed everywhere: an error while asking the host is never taken as a yes.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import typing as t
 
 from .errors import AccessDenied, PaymentRequired, PlanCheckFailed, Unauthenticated
 from .host import AuditEvent, Caller, HostAdapter, Plan, Role
@@ -56,6 +59,36 @@ def plan_allows_slack(host: HostAdapter, org_id: str) -> bool:
     :func:`plan_of`."""
     plan = plan_of(host, org_id)
     return plan is not None and plan.allows_slack
+
+
+class PlanCache:
+    """The worker's plan answers, kept :attr:`ttl` seconds per org.
+
+    A backlog of deliveries for one org asks the host for the same plan again and again; this
+    asks once every few seconds. A downgrade therefore reaches the worker within ``ttl``
+    seconds (the callback, the status and the Settings actions always ask the host). Only
+    answers are kept: a failed lookup (:class:`PlanCheckFailed`) is asked again next time, so
+    the check still fails closed. Bounded: when full, it starts over.
+    """
+
+    def __init__(self, *, ttl: float = 5.0, size: int = 4096,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.size, self.clock = ttl, size, clock
+        self._answers: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def allows_slack(self, host: HostAdapter, org_id: str) -> bool:
+        """:func:`plan_allows_slack`, answered from the cache while fresh."""
+        now = self.clock()
+        kept = self._answers.get(org_id)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        allowed = plan_allows_slack(host, org_id)
+        with self._lock:
+            if len(self._answers) >= self.size:
+                self._answers.clear()
+            self._answers[org_id] = (now + self.ttl, allowed)
+        return allowed
 
 
 def require_plan(host: HostAdapter, org_id: str) -> Plan:

@@ -16,7 +16,6 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from . import digests, edits, messages, streaks
-from .access import plan_allows_slack
 from .errors import (
     ChannelError,
     DeadToken,
@@ -28,7 +27,7 @@ from .errors import (
 )
 from .host import EventType
 from .models import PARENT_UPDATE, Delivery, DeliveryStatus, Installation, utcnow
-from .observe import delivery_recorded
+from .observe import clear_notices, delivery_recorded
 from .pacing import clamp_wait
 from .parking import park_lane
 from .queue import enqueue_delivery, get_queue, job_id_for
@@ -107,6 +106,12 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
                  "another job", delivery_id)
         return "not_claimed"
     deliveries.commit_fast()
+    return deliver_claimed(deps, row)
+
+
+def deliver_claimed(deps: Deps, row: Delivery) -> str:
+    """Deliver ``row``, claimed (status ``sending`` under a lease, committed) by the caller.
+    Returns the final or interim status, as :func:`deliver_one` does."""
     if row.attempts > MAX_CLAIMS:
         return _record(deps, row, _Outcome(
             DeliveryStatus.FAILED, f"Not sent: delivery was started {MAX_CLAIMS} times without "
@@ -142,7 +147,7 @@ def _park(deps: Deps, row: Delivery, seconds: float) -> None:
 
 def _attempt(deps: Deps, row: Delivery) -> _Outcome:
     try:
-        allowed = plan_allows_slack(deps.host, row.org_id)
+        allowed = deps.plan_allows_slack(row.org_id)
     except PlanCheckFailed:
         # Fail closed, like the callback: never post without knowing the plan allows it.
         if row.attempts >= MAX_ATTEMPTS:
@@ -275,48 +280,49 @@ def _dead(deps: Deps, installation: Installation, exc: SlackApiError) -> _Outcom
 
 
 def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
+    """Write the outcome in one conditional statement and commit it (durably, unless it only
+    reschedules), then queue the retry and count the outcome.
+
+    Written only over the state the attempt started from: a row the sweeper handed to another
+    job meanwhile (or that is already final) keeps its state, except that a post Slack took is
+    always recorded unless the row is final, so its other job finds it sent."""
     session = deps.session
-    # Write only over the state the attempt started from: a row the sweeper handed to another
-    # job meanwhile (or that is already final) keeps its state, except that a post Slack took
-    # is always recorded unless the row is final, so its other job finds it sent.
-    state = DeliveryRepository(session).lock_state(delivery_id=row.id)
-    claimed_job = row.job_id
-    if state is None or state[0] in FINAL_VALUES or (
-            outcome.status is not DeliveryStatus.SENT
-            and (state[0] != DeliveryStatus.SENDING.value or state[1] != claimed_job)):
+    deliveries = DeliveryRepository(session)
+    now = utcnow()
+    values: dict[str, t.Any] = {"status": outcome.status.value, "reason": outcome.reason,
+                                "slack_error": outcome.slack_error, "updated_at": now,
+                                "lease_until": None}
+    if outcome.refund:
+        values["attempts"] = max(0, row.attempts - 1)
+    delay = 0.0
+    if outcome.status is DeliveryStatus.SENT:
+        values.update(slack_ts=outcome.ts, sent_at=now, thread_ts=outcome.thread_ts,
+                      digest=outcome.digest)
+    elif outcome.status is DeliveryStatus.QUEUED:
+        delay = clamp_wait(outcome.delay)   # Retry-After: inf, 1e12, -1, nan
+        values["job_id"] = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
+    written = deliveries.write_outcome(
+        row, values, claimed_job=row.job_id, over_any_job=outcome.status is DeliveryStatus.SENT,
+        delay=dt.timedelta(seconds=delay) if outcome.status is DeliveryStatus.QUEUED else None,
+        grace=SCHEDULE_GRACE)
+    if not written:
         session.rollback()
         log.warning("delivery %s changed hands during the attempt; outcome %s not recorded",
                     row.id, outcome.status.value)
         return "not_claimed"
-    now = utcnow()
-    row.status = outcome.status.value
-    row.reason = outcome.reason
-    row.slack_error = outcome.slack_error
-    row.updated_at = now
-    if outcome.refund:
-        row.attempts = max(0, row.attempts - 1)
+    cleared: set[tuple[str, str]] = set()
     if outcome.status is DeliveryStatus.SENT:
-        row.slack_ts, row.sent_at, row.lease_until = outcome.ts, now, None
-        row.thread_ts, row.digest = outcome.thread_ts, outcome.digest
-    elif outcome.status is DeliveryStatus.QUEUED:
-        outcome.delay = delay = clamp_wait(outcome.delay)   # Retry-After: inf, 1e12, -1, nan
-        db_now = DeliveryRepository(session).now(now)   # the database's clock, not ours
-        row.not_before = db_now + dt.timedelta(seconds=delay)
-        row.lease_until = db_now + dt.timedelta(seconds=delay) + SCHEDULE_GRACE
-        row.job_id = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
-    else:
-        row.lease_until = None
+        cleared = clear_notices(deps, [row, *outcome.companions])
     if outcome.status is DeliveryStatus.QUEUED:
-        DeliveryRepository(session).commit_fast()   # lost in a crash? the sweeper requeues it
-    else:
-        session.commit()                            # outcomes are durable
-    if outcome.status is DeliveryStatus.QUEUED:
+        deliveries.commit_fast()   # lost in a crash? the sweeper requeues it
         try:
             enqueue_delivery(get_queue(deps.redis()), row.id, job_id=t.cast(str, row.job_id),
-                             delay=outcome.delay or 0.0)
+                             delay=delay)
         except RedisError:
             log.error("could not reschedule delivery %s; the sweeper will", row.id)
+    else:
+        session.commit()           # outcomes are durable
     log.info("delivery %s -> %s", row.id, row.status)
     for recorded in (row, *outcome.companions):   # metrics, admin notices; never raises
-        delivery_recorded(deps, recorded, refund=outcome.refund)
+        delivery_recorded(deps, recorded, refund=outcome.refund, cleared=cleared)
     return row.status

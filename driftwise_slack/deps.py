@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import typing as t
 
+from .access import PlanCache, plan_allows_slack
 from .config import Settings
 from .host import HostAdapter
 from .models import utcnow
@@ -50,6 +51,15 @@ class Deps:
     #: when the embedded queue's worker lives in another process (e.g. the CLI): rows are then
     #: left ``pending`` for that process's sweeper.
     can_enqueue: bool = True
+    #: The worker's short-lived plan answers (see ``access.PlanCache``); ``None``: ask the host.
+    plans: PlanCache | None = None
+
+    def plan_allows_slack(self, org_id: str) -> bool:
+        """Whether ``org_id``'s plan includes Slack, from :attr:`plans` while fresh; raises
+        ``PlanCheckFailed`` when the host cannot answer."""
+        if self.plans is None:
+            return plan_allows_slack(self.host, org_id)
+        return self.plans.allows_slack(self.host, org_id)
 
     def redis(self) -> Redis:
         """The queue's Redis connection (real, or the demo's embedded fakeredis)."""
@@ -70,3 +80,8 @@ class Deps:
         if self.write_engine is None:
             raise RuntimeError("These Deps carry no engine.")
         return self.write_engine
+
+
+#: Enters, in any thread, the app's context and yields that thread's own :class:`Deps` (its own
+#: session, closed after); made by ``runtime.thread_deps`` for work handed to other threads.
+ThreadDeps = t.Callable[[], t.ContextManager[Deps]]

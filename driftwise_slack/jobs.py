@@ -6,14 +6,23 @@ delivery use-case its collaborators.
 """
 from __future__ import annotations
 
+from rq import get_current_job
+
 from .delivery import deliver_one
-from .runtime import get_runtime
+from .drain import drain
+from .runtime import get_runtime, thread_deps
 
 
 def deliver(delivery_id: int) -> str:
-    """Deliver one notification. Returns the final or interim status (for logs and tests)."""
+    """Deliver one notification, then (see :mod:`driftwise_slack.drain`) further ready ones
+    while the queue holds a backlog. Returns the own row's final or interim status (for logs
+    and tests)."""
     deps = get_runtime().deps()
     try:
-        return deliver_one(deps, delivery_id)
+        status = deliver_one(deps, delivery_id)
+        job = get_current_job()
+        if job is not None:
+            drain(deps, job_id=job.id, thread_deps=thread_deps())
+        return status
     finally:
         deps.session.close()

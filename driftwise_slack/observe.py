@@ -44,8 +44,10 @@ def outcome_of(row: Delivery, *, refund: bool) -> str | None:
     return "retried"
 
 
-def delivery_recorded(deps: Deps, row: Delivery, *, refund: bool = False) -> None:
-    """Count the outcome and, for a final one, tell or clear the admins. Never raises."""
+def delivery_recorded(deps: Deps, row: Delivery, *, refund: bool = False,
+                      cleared: t.Collection[tuple[str, str]] = ()) -> None:
+    """Count the outcome and, for a final one, tell the admins, or tell the host that a problem
+    ``cleared`` (see :func:`clear_notices`) is over. Never raises."""
     try:
         outcome = outcome_of(row, refund=refund)
         if outcome is not None:
@@ -53,7 +55,8 @@ def delivery_recorded(deps: Deps, row: Delivery, *, refund: bool = False) -> Non
                 outcome == "failed" and row.slack_error is not None)
             count_delivery(outcome, created_at=row.created_at, answered=answered)
         if outcome in ("sent", "digested"):
-            _recovered(deps, row)
+            if (row.org_id, row.schedule_id) in cleared:
+                _recovered(deps, row)
         elif outcome == "failed" and row.slack_error is not None \
                 and row.slack_error in NEEDS_A_PERSON:
             _tell_admins(deps, row, row.slack_error)
@@ -86,19 +89,25 @@ def _tell_admins(deps: Deps, row: Delivery, reason: str) -> None:
     log.info("delivery %s: admins of org %s told (%s)", row.id, row.org_id, reason)
 
 
-def _recovered(deps: Deps, row: Delivery) -> None:
-    """A sent delivery ends that schedule's problems: forget them (so a new one is told at once)
-    and let the host clear its banner. One indexed delete; the host is called only when there
-    was something to clear."""
-    session = deps.session
-    cleared = session.execute(
+def clear_notices(deps: Deps, rows: t.Sequence[Delivery]) -> set[tuple[str, str]]:
+    """Sent deliveries end their schedules' problems: forget them (so a new one is told at
+    once), in the transaction that records the send (one indexed delete, no commit of its
+    own). Returns the (org, schedule) pairs that had something to clear, for
+    :func:`delivery_recorded` to tell the host after the commit."""
+    pairs = {(row.org_id, row.schedule_id) for row in rows}
+    if not pairs:
+        return set()
+    org_ids = {org for org, _ in pairs}
+    cleared = deps.session.execute(
         delete(AdminNotice)
-        .where(AdminNotice.org_id == row.org_id, AdminNotice.schedule_id == row.schedule_id)
-        .returning(AdminNotice.id)).all()
-    if not cleared:
-        session.rollback()   # nothing written: no commit (and no WAL flush) per sent delivery
-        return
-    session.commit()
+        .where(AdminNotice.org_id.in_(org_ids),
+               AdminNotice.schedule_id.in_({schedule for _, schedule in pairs}))
+        .returning(AdminNotice.org_id, AdminNotice.schedule_id)).all()
+    return {(org, schedule) for org, schedule in cleared if (org, schedule) in pairs}
+
+
+def _recovered(deps: Deps, row: Delivery) -> None:
+    """Let the host clear its banner for ``row``'s schedule (its notice is gone already)."""
     recovered = getattr(deps.host, "delivery_recovered", None)
     if callable(recovered):
         try:

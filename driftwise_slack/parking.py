@@ -13,10 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
-from rq.job import Job
-
 from .models import Delivery, utcnow
-from .queue import enqueue_many, get_queue, job_id_for
+from .queue import drop_jobs, enqueue_many, get_queue, job_id_for
 from .repository import DeliveryRepository
 
 if t.TYPE_CHECKING:
@@ -26,10 +24,6 @@ if t.TYPE_CHECKING:
 
 #: How long past the hold a parked row may wait before the sweeper takes it back.
 PARK_GRACE = dt.timedelta(seconds=60)
-#: Job records deleted per Redis round trip when a lane is parked.
-_DROP_CHUNK = 200
-
-
 def park_lane(deps: Deps, row: Delivery, seconds: float) -> int:
     """Re-schedule every other queued delivery of ``row``'s lane for ``seconds`` from now.
 
@@ -60,15 +54,5 @@ def schedule_parked(queue: Queue, parked: t.Sequence[tuple[int, str, str | None]
     """Schedule the parked rows' new jobs at ``at`` and drop their old jobs; how many were
     scheduled. Raises ``redis.exceptions.RedisError`` when Redis is down."""
     count = enqueue_many(queue, [(delivery_id, new) for delivery_id, new, _ in parked], at=at)
-    _drop_jobs(queue, [old for _, _, old in parked if old])
+    drop_jobs(queue.connection, [old for _, _, old in parked if old])
     return count
-
-
-def _drop_jobs(queue: Queue, job_ids: t.Sequence[str]) -> None:
-    """Delete the records of jobs whose rows moved to new jobs, in pipelined chunks (no single
-    Redis command grows with the lane). Should one survive, its claim misses: still harmless."""
-    for start in range(0, len(job_ids), _DROP_CHUNK):
-        with queue.connection.pipeline(transaction=False) as pipe:
-            for job_id in job_ids[start:start + _DROP_CHUNK]:
-                pipe.delete(Job.key_for(job_id))
-            pipe.execute()

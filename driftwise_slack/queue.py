@@ -178,3 +178,21 @@ def release_overdue(queue: Queue, *, now: float | None = None, limit: int = 1000
             registry.remove(job_id, pipeline=pipe)
         pipe.execute()
     return sum(job is not None for job in jobs)
+
+
+def drop_jobs(connection: Redis, job_ids: t.Sequence[str]) -> None:
+    """Delete the records of jobs whose rows moved to other jobs (parked, or taken by a job
+    that delivers a backlog), in pipelined chunks so no single Redis command grows with the
+    list. RQ skips an id whose record is gone; should one survive, its claim misses: still
+    harmless."""
+    for start in range(0, len(job_ids), PIPELINE_CHUNK):
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in job_ids[start:start + PIPELINE_CHUNK]:
+                pipe.delete(Job.key_for(job_id))
+            pipe.execute()
+
+
+def waiting(connection: Redis) -> int:
+    """How many job ids wait on the queue (one ``LLEN``; ids of dropped jobs count too)."""
+    return int(connection.llen(get_queue(connection).key))
+

@@ -25,8 +25,10 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from .models import (
@@ -35,6 +37,7 @@ from .models import (
     LISTED_SQL,
     PARENT_UPDATE,
     UNFINISHED_SQL,
+    UNFINISHED_STATUSES,
     AdminNotice,
     Delivery,
     DeliveryStatus,
@@ -279,13 +282,76 @@ class DeliveryRepository:
             .returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True)).first()
 
-    def lock_state(self, *, delivery_id: int) -> tuple[str, str | None] | None:
-        """``(status, job_id)`` of the row, locked until the transaction ends (PostgreSQL), so
-        an outcome is written only over the state it was decided on. ``None``: no such row."""
+    def claim_lane_heads(self, *, job_id: str, lease: dt.timedelta, limit: int,
+                         window: int = 200) -> list[tuple[Delivery, str | None]]:
+        """Take up to ``limit`` rows for ``job_id`` to deliver beside its own: each the first
+        unfinished row of its (org, channel) lane among the ``window`` oldest unfinished rows,
+        if that row is ``queued``, due and on the queue under a running lease. A lane whose
+        head is being sent, parked or scheduled is left alone, so its order and pacing stay as
+        they are. Returns ``(row, old job id)`` pairs, by id; the old jobs are the caller's to
+        drop. PostgreSQL only (``SKIP LOCKED``); elsewhere nothing is taken.
+
+        Reads at most ``window`` entries of ``ix_slack_deliveries_unfinished``, whatever the
+        history or the backlog, and locks in id order with ``SKIP LOCKED``: a row another worker
+        is claiming is skipped, never waited on."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return []
+        stmt = text(f"""
+            WITH win AS (SELECT id, org_id, channel FROM slack_deliveries
+                         WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
+            heads AS (SELECT DISTINCT ON (org_id, channel) id FROM win
+                      ORDER BY org_id, channel, id),
+            picked AS (SELECT d.id, d.job_id FROM slack_deliveries d JOIN heads USING (id)
+                       WHERE d.status = :queued AND d.job_id IS NOT NULL
+                         AND (d.not_before IS NULL OR d.not_before <= statement_timestamp())
+                         AND d.lease_until > statement_timestamp()
+                       ORDER BY d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
+            UPDATE slack_deliveries AS d
+               SET status = :sending, job_id = :job_id, attempts = d.attempts + 1,
+                   lease_until = statement_timestamp() + :lease,
+                   updated_at = statement_timestamp()
+              FROM picked WHERE d.id = picked.id
+            RETURNING d.id, picked.job_id""")
+        taken = {int(found[0]): found[1] for found in self.session.execute(stmt, {
+            "window": window, "limit": limit, "queued": DeliveryStatus.QUEUED.value,
+            "sending": DeliveryStatus.SENDING.value, "job_id": job_id, "lease": lease})}
+        if not taken:
+            return []
+        rows = self.session.scalars(
+            select(Delivery).where(Delivery.id.in_(taken)).order_by(Delivery.id)
+            .execution_options(populate_existing=True))
+        return [(row, taken[row.id]) for row in rows]
+
+    def write_outcome(self, row: Delivery, values: dict[str, t.Any], *,
+                      claimed_job: str | None, over_any_job: bool,
+                      delay: dt.timedelta | None, grace: dt.timedelta) -> bool:
+        """Write an attempt's outcome on ``row`` in one conditional ``UPDATE``: only while the
+        row is not final and, unless ``over_any_job`` (a post Slack took), still ``sending``
+        under ``claimed_job``. With ``delay`` the row is rescheduled that long from now on the
+        database's clock (``lease_until`` ``grace`` later). Other attributes changed on ``row``
+        during the attempt are written too. ``False`` (nothing written) when the row changed
+        hands; else ``row`` holds what was written, without a flush or a reload."""
+        state = sa_inspect(row)
+        changes = {attr.key: attr.value for attr in state.attrs if attr.history.added}
+        changes.update(values)
+        db_now = self.now(values.get("updated_at"))
+        if delay is not None:
+            changes["not_before"] = db_now + delay
+            changes["lease_until"] = db_now + delay + grace
+        conditions = [Delivery.id == row.id, Delivery.status.in_(UNFINISHED_STATUSES)]
+        if not over_any_job:
+            conditions += [Delivery.status == DeliveryStatus.SENDING.value,
+                           Delivery.job_id.is_not_distinct_from(claimed_job)]
         found = self.session.execute(
-            select(Delivery.status, Delivery.job_id).where(Delivery.id == delivery_id)
-            .with_for_update()).first()
-        return None if found is None else (found[0], found[1])
+            update(Delivery).where(*conditions).values(**changes)
+            .returning(Delivery.not_before, Delivery.lease_until)
+            .execution_options(synchronize_session=False)).first()
+        if found is None:
+            return False
+        changes["not_before"], changes["lease_until"] = found[0], found[1]
+        for key, value in changes.items():
+            set_committed_value(row, key, value)
+        return True
 
     def unattended(self, *, limit: int = 500, after_id: int = 0,
                    resync: bool = False) -> list[t.Any]:

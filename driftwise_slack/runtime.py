@@ -9,6 +9,7 @@ once per process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -23,8 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from .access import PlanCache
 from .config import Settings, normalize_database_url
-from .deps import Deps
+from .deps import Deps, ThreadDeps
 from .host import HostAdapter
 from .keys import KeyRing
 from .metrics import CountingSlackClient
@@ -97,6 +99,8 @@ class Runtime:
         self._slack: SlackClient | None = None
         self._redis: Redis | None = None
         self._pacer: ChannelPacer | None = None
+        #: Plan answers for deliveries, a few seconds each (see ``access.PlanCache``).
+        self.plans = PlanCache()
         #: The demo's in-process fakeredis (no ``REDIS_URL``); see ``queue.connect``.
         self.embedded_redis: Redis | None = None
         #: Set once the demo's embedded worker thread runs in this process.
@@ -179,12 +183,30 @@ class Runtime:
                     session=session if session is not None else self.session(),
                     signer=self.signer, vault=self.vault, slack=self.slack,
                     connect=self.redis_connection, channel_pacer=self.pacer,
-                    write_engine=self.engine, can_enqueue=self.can_enqueue)
+                    write_engine=self.engine, can_enqueue=self.can_enqueue, plans=self.plans)
 
     def remove_session(self, exc: BaseException | None = None) -> None:
         """Teardown: give this thread's session back (only in the process that made it)."""
         if self._session is not None and self._pid == os.getpid():
             self._session.remove()
+
+
+def thread_deps() -> ThreadDeps:
+    """For work the current app hands to other threads: each call, in any thread, enters the
+    app's context and yields that thread's own :class:`Deps` (its own session, closed after)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    runtime = get_runtime(app)
+
+    @contextlib.contextmanager
+    def enter() -> t.Iterator[Deps]:
+        with app.app_context():
+            deps = runtime.deps()
+            try:
+                yield deps
+            finally:
+                deps.session.close()
+
+    return enter
 
 
 def get_runtime(app: Flask | None = None) -> Runtime:
