@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing as t
 
 import sqlalchemy as sa
 from flask import g, has_request_context, request
@@ -12,6 +13,9 @@ from .db import HostDatabase
 from .models import AuditLogEntry, Membership, Org, Schedule, utcnow
 from .models import DeliveryProblem as ProblemRow
 from .runtime import FALLBACK_BASE_URL
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def parse_id(value: str | int | None) -> int | None:
@@ -30,7 +34,8 @@ class ReferenceHostAdapter:
 
     Outside a request, reads use short sessions of their own, so they leave no transaction open
     in the worker; in a request, :meth:`role_of` reads on the request's session (removed at
-    teardown). :meth:`write_audit` commits its row in its own short transaction.
+    teardown), which :meth:`request_session` also lends to the extension's read-only routes.
+    :meth:`write_audit` commits its row in its own short transaction.
     """
 
     def __init__(self, db: HostDatabase, *, base_url: str | None = None) -> None:
@@ -41,6 +46,12 @@ class ReferenceHostAdapter:
         """The caller the ``/api/v2`` middleware identified, or ``None``."""
         caller = g.get("caller")
         return caller if isinstance(caller, Caller) else None
+
+    def request_session(self) -> Session | None:
+        """The request's own session (``SessionLender``): the extension and the host share one
+        database here, so a status request reads all it needs on the connection the auth
+        lookup already holds. ``None`` outside a request."""
+        return self._db.session if has_request_context() else None
 
     def role_of(self, *, org_id: str, user_id: str) -> Role | None:
         """The member's role, or ``None`` when not a member (or the ids are not host ids)."""
