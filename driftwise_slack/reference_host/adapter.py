@@ -29,6 +29,11 @@ def parse_id(value: str | int | None) -> int | None:
     return number if number > 0 else None
 
 
+#: The member's role; built once, since only the ids change (the status route asks per request).
+_ROLE = sa.select(Membership.role).where(Membership.org_id == sa.bindparam("org_id"),
+                                         Membership.user_id == sa.bindparam("user_id"))
+
+
 class ReferenceHostAdapter:
     """Answers the extension's questions from the host's own tables.
 
@@ -58,18 +63,15 @@ class ReferenceHostAdapter:
         org, user = parse_id(org_id), parse_id(user_id)
         if org is None or user is None:
             return None
-        stmt = sa.select(Membership.role).where(Membership.org_id == org,
-                                                Membership.user_id == user)
+        params = {"org_id": org, "user_id": user}
         if has_request_context():
             # In a request, ask on the request's own session: the connection its auth lookup
-            # already holds, so no second checkout. A read only; autoflush off so the request's
-            # unflushed changes are not written by our question.
-            session = self._db.session
-            with session.no_autoflush:
-                role = session.scalar(stmt)
+            # already holds, so no second checkout. Read straight on that connection: no ORM
+            # work, and the request's unflushed changes are not written by our question.
+            role = self._db.session.connection().execute(_ROLE, params).scalar()
         else:
             with self._db.read() as session:
-                role = session.scalar(stmt)
+                role = session.connection().execute(_ROLE, params).scalar()
         return None if role is None else Role(role)
 
     def plan_of(self, org_id: str) -> Plan | None:
