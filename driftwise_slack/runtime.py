@@ -201,10 +201,13 @@ class Runtime:
         return self.session()
 
     def _same_database(self, bind: t.Any) -> bool:
-        ours = self.engine.url.render_as_string(hide_password=False)
+        ours = self.engine.url
         url = getattr(bind, "url", None)
-        if url is None or url.render_as_string(hide_password=False) != ours:
+        if url is None or url.render_as_string(hide_password=False) != ours.render_as_string(
+                hide_password=False):
             return False
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return False  # one in-memory database per engine: the same URL, not the same data
         self._lent_bind = bind
         return True
 
