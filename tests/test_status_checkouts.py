@@ -85,6 +85,19 @@ def test_status_falls_back_to_our_own_session(
     assert "slack_installations" in statements["ours"][0]
 
 
+def test_status_shares_a_sqlite_file_session_too(make_app: t.Callable[..., t.Any],
+                                                tmp_path: t.Any) -> None:
+    """The demo's shape: host and package on one SQLite file; status still one checkout."""
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    actions = ApiActions(app, app.test_client(), t.cast(t.Any, None))
+    actions.cli("init-db")
+    token = actions.owner()
+    with counting(app) as (counts, _statements):
+        response = actions.status(token)
+    assert response.status_code == 200 and response.get_json() == {"installed": False}
+    assert counts == {"host": 1, "ours": 0}
+
+
 def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(app: t.Any) -> None:
     with app.app_context():
         url = get_runtime(app).engine.url
