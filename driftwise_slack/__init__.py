@@ -26,6 +26,7 @@ from .host import (
     Plan,
     Role,
     ScanEvent,
+    SessionLender,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Plan",
     "Role",
     "ScanEvent",
+    "SessionLender",
     "SlackApiError",
     "SlackIntegration",
     "SlackIntegrationError",

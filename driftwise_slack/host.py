@@ -12,6 +12,9 @@ import enum
 import hashlib
 import typing as t
 
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 #: Longest deduplication key (the width of ``slack_deliveries.dedupe_key``).
 DEDUPE_KEY_MAX = 255
 
@@ -118,6 +121,24 @@ class AdminNotifier(t.Protocol):
 
     def delivery_recovered(self, *, org_id: str, schedule_id: str) -> None:
         """A later delivery to that schedule was sent: earlier problems are resolved."""
+
+
+@t.runtime_checkable
+class SessionLender(t.Protocol):
+    """Optional method of a :class:`HostAdapter`: lend the current request's database session.
+
+    A request to a read-only route such as ``GET .../status`` already holds one pooled
+    connection: the host's, for its authentication (and, in the reference host, the role
+    lookup). Reading the installation on a second connection from the package's own pool costs
+    a checkout, its first round trip and a rollback on return. A host whose request session
+    talks to the package's database may hand that session over instead; the package then only
+    reads on it, as plain columns (no ORM objects, no flush), and never commits or closes it.
+    A host without the method, or one returning ``None``, works as before.
+    """
+
+    def request_session(self) -> Session | None:
+        """The SQLAlchemy session of the current request when it uses the package's database
+        (same URL), else ``None``. Only called inside a request."""
 
 
 class EventType(str, enum.Enum):

@@ -28,7 +28,7 @@ from .errors import (
     VaultError,
 )
 from .host import AuditEvent, Caller
-from .models import Installation
+from .models import Installation, split_scopes
 from .oauth_state import IssuedState, VerifiedState
 from .repository import InstallationRepository, StateRepository
 from .slack_answers import OAuthAccess
@@ -211,16 +211,20 @@ def complete_install(deps: Deps, params: CallbackParams, cookies: t.Mapping[str,
 
 
 def get_status(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:
-    """GET .../status: one of the three shapes of SPEC §3, for any member."""
+    """GET .../status: one of the three shapes of SPEC §3, for any member.
+
+    Reads only and never commits, so ``deps.session`` may be a session the host lent for the
+    request (see ``Runtime.read_session``)."""
     caller = require_caller(caller)
     require_member(deps.host, caller)
     if not deps.settings.available:
         return {"installed": False, "available": False}
-    row = InstallationRepository(deps.session).active(org_id=caller.org_id)
-    if row is None or not row.valid:
+    row = InstallationRepository(deps.session).active_summary(org_id=caller.org_id)
+    if row is None or row.invalid_at is not None:
         return {"installed": False}
     return {"installed": True, "team_id": row.team_id, "team_name": row.team_name,
-            "scopes": row.scope_list, "created_at": row.created_at.isoformat()}
+            "scopes": split_scopes(row.scopes),
+            "created_at": row.created_at.isoformat()}
 
 
 def uninstall(deps: Deps, caller: Caller | None) -> dict[str, t.Any]:

@@ -61,6 +61,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return t.cast(dt.datetime, value.astimezone(dt.timezone.utc))
 
 
+def split_scopes(scopes: str) -> list[str]:
+    """The granted scopes from their stored comma-separated form."""
+    return [s for s in scopes.split(",") if s]
+
+
 class Base(DeclarativeBase):
     """The package's own declarative base, separate from any host model."""
 
@@ -96,7 +101,7 @@ class Installation(Base):
 
     @property
     def scope_list(self) -> list[str]:
-        return [s for s in self.scopes.split(",") if s]
+        return split_scopes(self.scopes)
 
     @property
     def valid(self) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     String,
     any_,
+    bindparam,
     column,
     delete,
     exists,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     values,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -108,6 +110,17 @@ class StateRepository:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
+#: What the status route shows of an org's active installation (the row ``active`` picks).
+#: Built once: the statement is the same on every request, only ``org_id`` varies.
+_ACTIVE_SUMMARY = (
+    select(Installation.team_id, Installation.team_name, Installation.scopes,
+           Installation.created_at, Installation.invalid_at)
+    .where(Installation.org_id == bindparam("org_id"))
+    .order_by(Installation.completed_at.desc(), Installation.id.desc()).limit(1))
+#: Its row: team_id, team_name, scopes, created_at, invalid_at.
+ActiveSummary = Row[str, str, str, dt.datetime, "dt.datetime | None"]
+
+
 class InstallationRepository:
     """Installations: one active per org (the most recently completed)."""
 
@@ -120,6 +133,13 @@ class InstallationRepository:
         if for_update:
             stmt = stmt.with_for_update()
         return self.session.scalars(stmt).first()
+
+    def active_summary(self, *, org_id: str) -> ActiveSummary | None:
+        """The status route's columns of the org's active installation, as a plain row read on
+        the session's connection: no ORM object enters the session and nothing is flushed, so
+        it is safe on a session the host lends (``SessionLender``), and it skips the ORM's
+        per-row work."""
+        return self.session.connection().execute(_ACTIVE_SUMMARY, {"org_id": org_id}).first()
 
     def get(self, *, installation_id: int, for_update: bool = False) -> Installation | None:
         stmt = select(Installation).where(Installation.id == installation_id)

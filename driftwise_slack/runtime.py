@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from .access import PlanCache
 from .config import Settings, normalize_database_url
 from .deps import Deps, ThreadDeps
-from .host import HostAdapter
+from .host import HostAdapter, SessionLender
 from .keys import KeyRing
 from .metrics import CountingSlackClient
 from .oauth_state import StateSigner
@@ -101,6 +101,10 @@ class Runtime:
         self._pacer: ChannelPacer | None = None
         #: Plan answers for deliveries, a few seconds each (see ``access.PlanCache``).
         self.plans = PlanCache()
+        #: Whether the host has the optional ``request_session`` (see :meth:`read_session`).
+        self._lends = isinstance(host, SessionLender)
+        #: The last engine of a lent session found to be on our database (checked once each).
+        self._lent_bind: t.Any = None
         #: The demo's in-process fakeredis (no ``REDIS_URL``); see ``queue.connect``.
         self.embedded_redis: Redis | None = None
         #: Set once the demo's embedded worker thread runs in this process.
@@ -184,6 +188,32 @@ class Runtime:
                     signer=self.signer, vault=self.vault, slack=self.slack,
                     connect=self.redis_connection, channel_pacer=self.pacer,
                     write_engine=self.engine, can_enqueue=self.can_enqueue, plans=self.plans)
+
+    def read_session(self) -> Session:
+        """The session for a request that only reads: the host's own when it lends one on our
+        database (:class:`~driftwise_slack.host.SessionLender`), so the whole request takes one
+        connection checkout; else this thread's session of our pool.
+
+        A lent session whose engine is not on our database URL is not used, whatever the host
+        says: our tables would not be there.
+        """
+        lent = t.cast(SessionLender, self.host).request_session() if self._lends else None
+        if lent is not None:
+            bind = lent.get_bind()
+            if bind is self._lent_bind or self._same_database(bind):
+                return lent
+        return self.session()
+
+    def _same_database(self, bind: t.Any) -> bool:
+        ours = self.engine.url
+        url = getattr(bind, "url", None)
+        if url is None or url.render_as_string(hide_password=False) != ours.render_as_string(
+                hide_password=False):
+            return False
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return False  # one in-memory database per engine: the same URL, not the same data
+        self._lent_bind = bind
+        return True
 
     def remove_session(self, exc: BaseException | None = None) -> None:
         """Teardown: give this thread's session back (only in the process that made it)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing as t
 
 import sqlalchemy as sa
 from flask import g, has_request_context, request
@@ -12,6 +13,9 @@ from .db import HostDatabase
 from .models import AuditLogEntry, Membership, Org, Schedule, utcnow
 from .models import DeliveryProblem as ProblemRow
 from .runtime import FALLBACK_BASE_URL
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def parse_id(value: str | int | None) -> int | None:
@@ -25,12 +29,18 @@ def parse_id(value: str | int | None) -> int | None:
     return number if number > 0 else None
 
 
+#: The member's role; built once, since only the ids change (the status route asks per request).
+_ROLE = sa.select(Membership.role).where(Membership.org_id == sa.bindparam("org_id"),
+                                         Membership.user_id == sa.bindparam("user_id"))
+
+
 class ReferenceHostAdapter:
     """Answers the extension's questions from the host's own tables.
 
     Outside a request, reads use short sessions of their own, so they leave no transaction open
     in the worker; in a request, :meth:`role_of` reads on the request's session (removed at
-    teardown). :meth:`write_audit` commits its row in its own short transaction.
+    teardown), which :meth:`request_session` also lends to the extension's read-only routes.
+    :meth:`write_audit` commits its row in its own short transaction.
     """
 
     def __init__(self, db: HostDatabase, *, base_url: str | None = None) -> None:
@@ -42,23 +52,26 @@ class ReferenceHostAdapter:
         caller = g.get("caller")
         return caller if isinstance(caller, Caller) else None
 
+    def request_session(self) -> Session | None:
+        """The request's own session (``SessionLender``): the extension and the host share one
+        database here, so a status request reads all it needs on the connection the auth
+        lookup already holds. ``None`` outside a request."""
+        return self._db.session if has_request_context() else None
+
     def role_of(self, *, org_id: str, user_id: str) -> Role | None:
         """The member's role, or ``None`` when not a member (or the ids are not host ids)."""
         org, user = parse_id(org_id), parse_id(user_id)
         if org is None or user is None:
             return None
-        stmt = sa.select(Membership.role).where(Membership.org_id == org,
-                                                Membership.user_id == user)
+        params = {"org_id": org, "user_id": user}
         if has_request_context():
             # In a request, ask on the request's own session: the connection its auth lookup
-            # already holds, so no second checkout. A read only; autoflush off so the request's
-            # unflushed changes are not written by our question.
-            session = self._db.session
-            with session.no_autoflush:
-                role = session.scalar(stmt)
+            # already holds, so no second checkout. Read straight on that connection: no ORM
+            # work, and the request's unflushed changes are not written by our question.
+            role = self._db.session.connection().execute(_ROLE, params).scalar()
         else:
             with self._db.read() as session:
-                role = session.scalar(stmt)
+                role = session.connection().execute(_ROLE, params).scalar()
         return None if role is None else Role(role)
 
     def plan_of(self, org_id: str) -> Plan | None:

@@ -33,8 +33,11 @@ def start_install() -> Response:
 
 
 def status() -> Response:
+    # A read only: on the host's request session when it lends one, so that the status request
+    # takes a single connection checkout (the host's, already made for its auth).
     runtime = get_runtime()
-    return jsonify(install.get_status(runtime.deps(), runtime.host.current_caller()))
+    return jsonify(install.get_status(runtime.deps(runtime.read_session()),
+                                      runtime.host.current_caller()))
 
 
 def uninstall() -> Response:
