@@ -152,6 +152,28 @@ def test_prune_batches_leaves_every_commit_to_the_caller(engine: Engine, db: t.A
     assert counts(db) == {("sent", True): 30}
 
 
+def test_each_batch_commits_without_waiting_for_the_disk_and_only_it(
+        engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 15)])
+    with Session(engine) as session:
+        session.execute(text("SET synchronous_commit = on"))   # this connection's own default
+        session.commit()
+        steps = DeliveryRepository(session).prune_batches(
+            older_than=NOW - dt.timedelta(days=30), batch_size=10)
+
+        def setting() -> str:
+            return str(session.execute(text("SHOW synchronous_commit")).scalar_one())
+
+        assert next(steps) == 10
+        assert setting() == "off"      # this batch's transaction
+        session.commit()
+        assert setting() == "on"       # the next transaction is back to the connection's
+        assert next(steps) == 5
+        assert setting() == "off"
+        session.commit()
+    assert counts(db) == {}
+
+
 def test_two_cleanups_at_once_take_different_rows_without_waiting(
         engine: Engine, db: t.Any) -> None:
     seed(db, [("sent", 40, 30)])
