@@ -104,6 +104,44 @@ def test_prune_keeps_its_signature_and_total_for_housekeeping(engine: Engine, db
     assert counts(db) == {("pending", True): 10, ("failed", False): 10}
 
 
+def test_prune_rests_between_batches_in_proportion_to_their_time(
+        engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 25)])
+    now, rests = [0.0], []
+
+    def commit(session: Session) -> None:
+        session.commit()
+        now[0] += 2.0   # each batch "takes" two seconds on this clock
+
+    with Session(engine) as session:
+        total = DeliveryRepository(session).prune_in_batches(
+            older_than=NOW - dt.timedelta(days=30), batch_size=10, duty=0.25,
+            commit=lambda: commit(session), sleep=rests.append, clock=lambda: now[0])
+    assert total == 25
+    # Busy a quarter of the time: 2 s of work, then 6 s of rest; none after the short last batch.
+    assert rests == [6.0, 6.0]
+    assert counts(db) == {}
+
+
+def test_prune_at_full_duty_never_rests(engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 30)])
+    rests: list[float] = []
+    with Session(engine) as session:
+        total = DeliveryRepository(session).prune_in_batches(
+            older_than=NOW - dt.timedelta(days=30), batch_size=10, duty=1.0,
+            sleep=rests.append)
+    assert (total, rests) == (30, [])
+
+
+@pytest.mark.parametrize("duty", [0.0, -0.5, 1.5])
+def test_prune_refuses_a_duty_outside_zero_to_one(engine: Engine, db: t.Any,
+                                                 duty: float) -> None:
+    seed(db, [("sent", 40, 3)])
+    with Session(engine) as session, pytest.raises(ValueError, match="duty"):
+        DeliveryRepository(session).prune_in_batches(older_than=NOW, duty=duty)
+    assert counts(db) == {("sent", True): 3}   # refused before anything was deleted
+
+
 def test_prune_batches_leaves_every_commit_to_the_caller(engine: Engine, db: t.Any) -> None:
     seed(db, [("sent", 40, 30)])
     with Session(engine) as session:
@@ -112,6 +150,28 @@ def test_prune_batches_leaves_every_commit_to_the_caller(engine: Engine, db: t.A
         session.rollback()
     assert steps == [10, 10, 10, 0]
     assert counts(db) == {("sent", True): 30}
+
+
+def test_each_batch_commits_without_waiting_for_the_disk_and_only_it(
+        engine: Engine, db: t.Any) -> None:
+    seed(db, [("sent", 40, 15)])
+    with Session(engine) as session:
+        session.execute(text("SET synchronous_commit = on"))   # this connection's own default
+        session.commit()
+        steps = DeliveryRepository(session).prune_batches(
+            older_than=NOW - dt.timedelta(days=30), batch_size=10)
+
+        def setting() -> str:
+            return str(session.execute(text("SHOW synchronous_commit")).scalar_one())
+
+        assert next(steps) == 10
+        assert setting() == "off"      # this batch's transaction
+        session.commit()
+        assert setting() == "on"       # the next transaction is back to the connection's
+        assert next(steps) == 5
+        assert setting() == "off"
+        session.commit()
+    assert counts(db) == {}
 
 
 def test_two_cleanups_at_once_take_different_rows_without_waiting(
