@@ -3,7 +3,8 @@
 Jobs run in-process (``SimpleWorker``: no fork per job, so the engine pool and the HTTP session
 are reused) inside the app context. A sweeper thread runs every few seconds: it queues rows that
 never reached Redis (it was down at dispatch) and takes back rows whose worker died mid-delivery
-(their lease ran out), so both recover within a minute. It also does the daily housekeeping.
+(their lease ran out), so both recover within a minute. Another thread does the hourly
+housekeeping.
 """
 from __future__ import annotations
 
@@ -132,26 +133,28 @@ def housekeeping(deps: Deps) -> dict[str, int]:
     return {"nonces_purged": nonces, "events_purged": events, "deliveries_pruned": pruned}
 
 
-class _Sweeper(threading.Thread):
-    """Background sweeps (and housekeeping) inside the worker's app context."""
+class _Periodic(threading.Thread):
+    """Runs ``task`` every ``interval`` seconds inside the worker's app context, with a fresh
+    :class:`Deps` each time. Sweeps and housekeeping get a thread each: a first cleanup of a
+    large history takes a minute (it is paced, see ``repository.PRUNE_DUTY``), and sweeps must
+    not wait for it."""
 
-    def __init__(self, app: Flask, make_deps: DepsFactory, interval: float) -> None:
-        super().__init__(name="driftwise-slack-sweeper", daemon=True)
-        self.app, self.make_deps, self.interval = app, make_deps, interval
+    def __init__(self, app: Flask, make_deps: DepsFactory, interval: float,
+                 task: t.Callable[[Deps], object], name: str, *, first: float) -> None:
+        super().__init__(name=f"driftwise-slack-{name}", daemon=True)
+        self.app, self.make_deps, self.interval, self.task = app, make_deps, interval, task
+        self.first = first
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        last_housekeeping = 0.0
-        while not self.stopped.wait(self.interval):
+        wait = self.first
+        while not self.stopped.wait(wait):
+            wait = self.interval
             with self.app.app_context():
                 try:
-                    deps = self.make_deps()
-                    sweep(deps)
-                    if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
-                        housekeeping(deps)
-                        last_housekeeping = time.monotonic()
+                    self.task(self.make_deps())
                 except Exception:
-                    log.exception("sweeper run failed; trying again in %ss", self.interval)
+                    log.exception("%s failed; trying again in %ss", self.name, self.interval)
 
 
 def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> dict[str, t.Any]:
@@ -166,15 +169,20 @@ def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> di
                          "demo runs an embedded worker inside the web process.)")
     connection = deps.redis()
     sweep(deps)
-    sweeper = _Sweeper(app, make_deps, SWEEP_INTERVAL)
+    background = [_Periodic(app, make_deps, SWEEP_INTERVAL, sweep, "sweeper",
+                            first=SWEEP_INTERVAL),
+                  _Periodic(app, make_deps, HOUSEKEEPING_INTERVAL, housekeeping, "housekeeping",
+                            first=SWEEP_INTERVAL)]
     if not burst:
-        sweeper.start()
+        for thread in background:
+            thread.start()
     worker = SimpleWorker([get_queue(connection)], connection=connection)
     try:
         with watch_worker(deps.settings, worker):   # RQ heartbeat for `slack health`; metrics
             worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
-        sweeper.stopped.set()
+        for thread in background:
+            thread.stopped.set()
     return {"stopped": True, "burst": burst}
 
 
