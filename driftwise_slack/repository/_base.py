@@ -1,0 +1,119 @@
+"""The SQL every repository shares: dialect inserts, and the delivery table's basics
+(the database's clock, the fast commit, batched matching) that its query groups build on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+from sqlalchemy import (
+    Integer,
+    String,
+    any_,
+    column,
+    func,
+    literal_column,
+    select,
+    text,
+    values,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..models import (
+    LEASE_KEY_SQL,
+    Delivery,
+    UTCDateTime,
+    utcnow,
+)
+
+
+def _dialect_insert(session: Session) -> t.Any:
+    """The dialect's ``insert`` construct with ``ON CONFLICT`` support, or ``None``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        return insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    return None
+
+
+_INSERT_STMTS: dict[t.Any, t.Any] = {}
+
+
+def _insert_stmt(insert: t.Any, *, many: bool = False) -> t.Any:
+    """The ``INSERT .. ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`` (and the dedupe key,
+    for ``many``) of a dialect, built once; its values come as parameters, so its compiled form
+    is cached too."""
+    stmt = _INSERT_STMTS.get((insert, many))
+    if stmt is None:
+        table = t.cast(t.Any, Delivery.__table__)
+        returning = (table.c.id, table.c.dedupe_key) if many else (table.c.id,)
+        stmt = _INSERT_STMTS[(insert, many)] = (
+            insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(*returning))
+    return stmt
+
+
+class DeliveryRows:
+    """The delivery table over a ``Session``: the basics its query groups share."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, *, delivery_id: int) -> Delivery | None:
+        return self.session.get(Delivery, delivery_id)
+
+    def now(self, fallback: dt.datetime | None = None) -> t.Any:
+        """The database's clock as a SQL expression (PostgreSQL's ``statement_timestamp()``:
+        not ``now()``, which stops at the start of a transaction that may have waited on Slack),
+        so that leases written and compared by processes whose clocks disagree still mean one
+        thing. Other databases (the single-process SQLite demo) get ``fallback`` or this
+        process's clock."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return func.statement_timestamp()
+        return fallback or utcnow()
+
+    def clock(self) -> dt.datetime:
+        """The database's current time (this process's where the database has no clock)."""
+        value = self.now()
+        if isinstance(value, dt.datetime):
+            return value
+        return t.cast(dt.datetime, self.session.scalar(select(value)))
+
+    def commit_fast(self) -> None:
+        """Commit without waiting for the WAL flush (PostgreSQL). Only for writes whose loss in a
+        database crash is harmless: a lost claim or reschedule just lets the sweeper retry."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        self.session.commit()
+
+    @staticmethod
+    def _lease_key() -> t.Any:
+        """``LEASE_KEY_SQL`` as written in the index (a literal; typed, so that the time it is
+        compared with is bound as one)."""
+        return literal_column(LEASE_KEY_SQL, UTCDateTime())
+
+    def _matched(self, rows: t.Sequence[t.Sequence[t.Any]],
+                 names: tuple[str, ...]) -> t.Iterator[t.Any]:
+        """Columns to match a batch of tuples against in an UPDATE: on PostgreSQL the columns of
+        one ``VALUES`` list joined in (one statement for the batch); elsewhere (SQLite, which
+        has no column aliases on ``VALUES``) each tuple's values in turn, one statement each."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            types = {"id": Integer}
+            table = values(*(column(name, types.get(name, String)) for name in names),
+                           name="batch").data([tuple(row) for row in rows])
+            yield table.c
+            return
+        for row in rows:
+            yield dict(zip(names, row, strict=True))
+
+    def _id_in(self, ids: t.Any) -> ColumnElement[bool]:
+        """``id`` in the subquery ``ids``, written so PostgreSQL looks each id up by primary
+        key: ``= ANY(ARRAY(subquery))`` is an init plan, while ``IN (subquery)`` may be
+        hash-joined against a scan of the whole table."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return Delivery.id == any_(func.array(ids))
+        return Delivery.id.in_(ids)

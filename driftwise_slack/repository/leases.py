@@ -1,0 +1,251 @@
+"""Delivery rows held and handed over: claims, outcomes, the sweeper's leases, parking.
+
+Every write here is conditional on the state it was decided on (status, job id, lease on the
+database's clock), so workers, sweepers and ``slack requeue`` may race without a row being sent
+twice.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import (
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm.attributes import set_committed_value
+
+from ..models import (
+    UNFINISHED_SQL,
+    UNFINISHED_STATUSES,
+    Delivery,
+    DeliveryStatus,
+)
+from ._base import DeliveryRows
+
+
+class DeliveryLeases(DeliveryRows):
+    """Claims, outcomes and leases of delivery rows."""
+
+    def claim(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime,
+              job_id: str | None = None) -> Delivery | None:
+        """Take the row for sending and return it; ``None`` when another worker has it, it is
+        done, or (with ``job_id``) the row now belongs to another job: a stale job of an old
+        enqueue does nothing. Exactly one worker wins; a lapsed lease can be re-taken.
+
+        Leases are written and compared on the database's clock: ``lease_until - now`` is the
+        length of the lease, ``now`` itself only matters where the database has no clock.
+        """
+        db_now = self.now(now)
+        conditions = [Delivery.id == delivery_id,
+                      or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
+                                               DeliveryStatus.QUEUED.value)),
+                          (Delivery.status == DeliveryStatus.SENDING.value)
+                          & (Delivery.lease_until < db_now))]
+        if job_id is not None:
+            conditions.append(Delivery.job_id == job_id)
+        return self.session.scalars(
+            update(Delivery)
+            .where(*conditions)
+            .values(status=DeliveryStatus.SENDING.value, lease_until=db_now + (lease_until - now),
+                    attempts=Delivery.attempts + 1, updated_at=db_now)
+            .returning(Delivery)
+            .execution_options(synchronize_session=False, populate_existing=True)).first()
+
+    def claim_lane_heads(self, *, job_id: str, lease: dt.timedelta, limit: int,
+                         window: int = 200) -> list[tuple[Delivery, str | None]]:
+        """Take up to ``limit`` rows for ``job_id`` to deliver beside its own: each the first
+        unfinished row of its (org, channel) lane among the ``window`` oldest unfinished rows,
+        if that row is ``queued``, due and on the queue under a running lease. A lane whose
+        head is being sent, parked or scheduled is left alone, so its order and pacing stay as
+        they are. Returns ``(row, old job id)`` pairs, by id; the old jobs are the caller's to
+        drop. PostgreSQL only (``SKIP LOCKED``); elsewhere nothing is taken.
+
+        Reads at most ``window`` entries of ``ix_slack_deliveries_unfinished``, whatever the
+        history or the backlog, and locks in id order with ``SKIP LOCKED``: a row another worker
+        is claiming is skipped, never waited on."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return []
+        stmt = text(f"""
+            WITH win AS (SELECT id, org_id, channel FROM slack_deliveries
+                         WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
+            heads AS (SELECT DISTINCT ON (org_id, channel) id FROM win
+                      ORDER BY org_id, channel, id),
+            picked AS (SELECT d.id, d.job_id FROM slack_deliveries d JOIN heads USING (id)
+                       WHERE d.status = :queued AND d.job_id IS NOT NULL
+                         AND (d.not_before IS NULL OR d.not_before <= statement_timestamp())
+                         AND d.lease_until > statement_timestamp()
+                       ORDER BY d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
+            UPDATE slack_deliveries AS d
+               SET status = :sending, job_id = :job_id, attempts = d.attempts + 1,
+                   lease_until = statement_timestamp() + :lease,
+                   updated_at = statement_timestamp()
+              FROM picked WHERE d.id = picked.id
+            RETURNING d.id, picked.job_id""")
+        taken = {int(found[0]): found[1] for found in self.session.execute(stmt, {
+            "window": window, "limit": limit, "queued": DeliveryStatus.QUEUED.value,
+            "sending": DeliveryStatus.SENDING.value, "job_id": job_id, "lease": lease})}
+        if not taken:
+            return []
+        rows = self.session.scalars(
+            select(Delivery).where(Delivery.id.in_(taken)).order_by(Delivery.id)
+            .execution_options(populate_existing=True))
+        return [(row, taken[row.id]) for row in rows]
+
+    def write_outcome(self, row: Delivery, values: dict[str, t.Any], *,
+                      claimed_job: str | None, over_any_job: bool,
+                      delay: dt.timedelta | None, grace: dt.timedelta) -> bool:
+        """Write an attempt's outcome on ``row`` in one conditional ``UPDATE``: only while the
+        row is not final and, unless ``over_any_job`` (a post Slack took), still ``sending``
+        under ``claimed_job``. With ``delay`` the row is rescheduled that long from now on the
+        database's clock (``lease_until`` ``grace`` later). Other attributes changed on ``row``
+        during the attempt are written too. ``False`` (nothing written) when the row changed
+        hands; else ``row`` holds what was written, without a flush or a reload."""
+        state = sa_inspect(row)
+        changes = {attr.key: attr.value for attr in state.attrs if attr.history.added}
+        changes.update(values)
+        db_now = self.now(values.get("updated_at"))
+        if delay is not None:
+            changes["not_before"] = db_now + delay
+            changes["lease_until"] = db_now + delay + grace
+        conditions = [Delivery.id == row.id, Delivery.status.in_(UNFINISHED_STATUSES)]
+        if not over_any_job:
+            conditions += [Delivery.status == DeliveryStatus.SENDING.value,
+                           Delivery.job_id.is_not_distinct_from(claimed_job)]
+        found = self.session.execute(
+            update(Delivery).where(*conditions).values(**changes)
+            .returning(Delivery.not_before, Delivery.lease_until)
+            .execution_options(synchronize_session=False)).first()
+        if found is None:
+            return False
+        changes["not_before"], changes["lease_until"] = found[0], found[1]
+        for key, value in changes.items():
+            set_committed_value(row, key, value)
+        return True
+
+    def unattended(self, *, limit: int = 500, after_id: int = 0,
+                   resync: bool = False) -> list[t.Any]:
+        """Rows nobody is looking after (never leased, or lease lapsed on the database's clock),
+        as light rows (``id, org_id, channel, status, job_id``), for the sweeper's batched,
+        conditional writes: the longest unattended first, read from the front of
+        ``ix_slack_deliveries_unfinished_lease`` (see :meth:`due`), so the cost follows the rows
+        returned, not the unfinished rows holding a running lease; the batch is returned by id.
+        ``after_id`` is not used
+        here: the sweeper renews the lease of every row it reads, so the next read starts past
+        them by itself.
+
+        With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
+        whatever its lease, as the job it waits on may be gone: then the rows come by id,
+        those above ``after_id``, over all unfinished rows (once, after a loss of Redis)."""
+        columns = (Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
+                   Delivery.job_id)
+        if not resync:
+            key = self._lease_key()
+            stmt = (select(*columns).where(text(UNFINISHED_SQL), key < self.now())
+                    .order_by(key, Delivery.id).limit(limit))
+            # Handed back by id: the batch's writes then lock rows in id order, as every other
+            # sweeper's and ``slack requeue``'s do, so two of them never deadlock.
+            return sorted(self.session.execute(stmt), key=lambda row: row.id)
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now(),
+                     Delivery.status != DeliveryStatus.SENDING.value)
+        stmt = (select(*columns)
+                .where(text(UNFINISHED_SQL), Delivery.id > after_id, lapsed)
+                .order_by(Delivery.id).limit(limit))
+        return list(self.session.execute(stmt))
+
+    def extend_leases(self, pairs: t.Sequence[tuple[int, str]], *,
+                      seconds: float) -> int:
+        """Give ``(id, job_id)`` rows ``seconds`` more lease, each only if it is still
+        ``queued`` under that job with its lease lapsed. One statement; how many changed."""
+        if not pairs:
+            return 0
+        db_now = self.now()
+        changed = 0
+        for chunk in self._matched(pairs, ("id", "job_id")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.lease_until < db_now)
+                    .values(lease_until=db_now + dt.timedelta(seconds=seconds))
+                    .execution_options(synchronize_session=False))
+            changed += int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+        return changed
+
+    def take_for_requeue(self, triples: t.Sequence[tuple[int, str | None, str]], *,
+                         seconds: float, resync: bool = False) -> list[tuple[int, str]]:
+        """Hand ``(id, seen_job_id, new_job_id)`` rows to new jobs: each becomes ``queued``
+        under ``new_job_id`` with ``seconds`` of lease, only if it is still unfinished, still
+        under ``seen_job_id`` and its lease still lapsed on the database's clock (a stale read
+        never turns a ``sent`` row back, nor takes a row another process just took). With
+        ``resync``, a ``pending`` or ``queued`` row is taken whatever its lease. One statement;
+        returns the ``(id, job_id)`` pairs taken, to enqueue after the commit."""
+        if not triples:
+            return []
+        db_now = self.now()
+        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
+        if resync:
+            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
+        taken: list[tuple[int, str]] = []
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
+                    .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
+                            lease_until=db_now + dt.timedelta(seconds=seconds),
+                            updated_at=db_now)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            taken += [(int(found[0]), str(found[1])) for found in self.session.execute(stmt)]
+        return taken
+
+    def park_lane(self, *, org_id: str, channel: str | None, until: dt.datetime,
+                  new_job_id: t.Callable[[int], str], exclude_id: int | None = None,
+                  grace: dt.timedelta) -> list[tuple[int, str, str | None]]:
+        """Re-assign the ``queued`` rows of one (org, channel) lane due before ``until`` to new
+        jobs due at ``until``: ``(id, new_job_id, old_job_id)`` triples, the new jobs to
+        schedule after the commit and the old ones to drop. Reads the lane's own rows only
+        (``ix_slack_deliveries_lane_unfinished``), whatever the backlog."""
+        lane = (select(Delivery.id, Delivery.job_id)
+                .where(text(UNFINISHED_SQL), Delivery.org_id == org_id,
+                       Delivery.channel.is_(None) if channel is None
+                       else Delivery.channel == channel,
+                       Delivery.status == DeliveryStatus.QUEUED.value,
+                       or_(Delivery.not_before.is_(None), Delivery.not_before < until))
+                .order_by(Delivery.id))
+        if exclude_id is not None:
+            lane = lane.where(Delivery.id != exclude_id)
+        found = list(self.session.execute(lane))
+        if not found:
+            return []
+        parked: list[tuple[int, str, str | None]] = []
+        triples = [(row[0], row[1], new_job_id(row[0])) for row in found]
+        seen = {row[0]: row[1] for row in found}
+        for chunk in self._matched(triples, ("id", "seen", "new")):
+            stmt = (update(Delivery)
+                    .where(Delivery.id == chunk["id"],
+                           Delivery.status == DeliveryStatus.QUEUED.value,
+                           Delivery.job_id.is_not_distinct_from(chunk["seen"]))
+                    .values(job_id=chunk["new"], not_before=until, lease_until=until + grace)
+                    .returning(Delivery.id, Delivery.job_id)
+                    .execution_options(synchronize_session=False))
+            parked += [(int(row[0]), str(row[1]), seen[int(row[0])])
+                       for row in self.session.execute(stmt)]
+        return parked
+
+    def due(self, *, now: dt.datetime, limit: int = 500) -> list[Delivery]:
+        """Rows nobody is looking after: never leased, or whose lease lapsed before ``now``.
+        The longest unattended first: never leased (by id), then by when the lease lapsed.
+
+        The status test is the literal predicate and the order the literal expression of
+        ``ix_slack_deliveries_unfinished_lease``, so the read is one range at the front of that
+        index: it reads the rows returned, neither the history nor the unfinished rows whose
+        lease still runs. Ordered by id instead, the planner, misled by the NULL leases of
+        finished rows, walked every unfinished row and threw away those with a running lease.
+        """
+        key = self._lease_key()
+        stmt = (select(Delivery).where(text(UNFINISHED_SQL), key < now)
+                .order_by(key, Delivery.id).limit(limit))
+        return list(self.session.scalars(stmt))
