@@ -127,7 +127,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         snaps.append(_wait(os.path.join(out, "snap-2.json")) | {"done": done})
         print(f"{args.n} deliveries in {time.time() - start:.0f} s")
         time.sleep(0.5)
-        with open(os.path.join(out, "figures.jsonl"), encoding="ascii") as fh:
+        figures = os.path.join(out, "figures.jsonl")   # none below 1,000 deliveries
+        with open(figures if os.path.exists(figures) else os.devnull, encoding="ascii") as fh:
             for mark, line in zip(marks, fh, strict=False):
                 row = json.loads(line)
                 print(f"  ~{mark:>6,}: RSS {row['rss'] / MIB:7.2f} MiB, "
