@@ -19,7 +19,6 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 
 from .health import watch_worker
-from .heap import release_free_memory
 from .models import DeliveryStatus, utcnow
 from .queue import QUEUE_NAME, alive_jobs, enqueue_many, get_queue, job_id_for, release_overdue
 from .repository import DeliveryRepository, EventRepository, StateRepository
@@ -153,9 +152,6 @@ class _Sweeper(threading.Thread):
                         last_housekeeping = time.monotonic()
                 except Exception:
                     log.exception("sweeper run failed; trying again in %ss", self.interval)
-            # A sweep's batch buffers are freed but stay resident in this thread's C arena;
-            # without this the worker's RSS steps up by MiBs once leases start lapsing.
-            release_free_memory()
 
 
 def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> dict[str, t.Any]:
