@@ -73,18 +73,14 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
                if v and not math.isnan(v)}
         if len(per) == 3:
             out.notes.append(
-                f"What bounds it: per job, baseline (b) takes {per['simple']:.1f} ms — nearly all "
-                "of it RQ's own bookkeeping (dequeue, heartbeats, registries, result: some 60 "
-                "Redis commands per job in this RQ version) plus one HTTP post; baseline (a) adds "
-                f"a fork per job ({per['fork'] - per['simple']:.1f} ms more). Ours takes "
-                f"{per['ours']:.1f} ms: the same RQ bookkeeping and post, plus "
-                f"{per['ours'] - per['simple']:.1f} ms of delivery bookkeeping — two PostgreSQL "
-                "transactions committed with fsync (claim, outcome), three more queries (the row, "
-                "the host's plan lookup on its own connection, the active installation), each "
-                "checkout preceded by a `pool_pre_ping` round trip, two Redis calls for pacing, "
-                "and SQLAlchemy ORM CPU. The profile below splits one delivery into these parts. "
-                "With 4 processes on 2 cores the processes, PostgreSQL, Redis and the emulator "
-                "share the same cores, hence the sub-linear scaling.")
+                f"What bounds it: per job, baseline (b) takes {per['simple']:.1f} ms — RQ's own "
+                "bookkeeping (some 60 Redis commands per job) plus one HTTP post; baseline (a) "
+                f"adds a fork per job ({per['fork'] - per['simple']:.1f} ms more). Ours takes "
+                f"{per['ours']:.1f} ms per delivery: a job delivers the ready backlog beside its "
+                "own row on four threads, so RQ's bookkeeping is spread over many deliveries, "
+                "but each delivery still claims its row, commits its outcome durably (an fsync) "
+                "and posts; on 2 cores the threads, PostgreSQL, Redis and the emulator share the "
+                "CPU. The profile below splits the job's thread.")
     out.notes.append(f"Job counts per round: ours ×1 {sizes['ours1']}, ours ×4 {sizes['ours4']}, "
                      f"baseline (b) {sizes['simple']}, baseline (a) {sizes['fork']}.")
     if opts.profile:
