@@ -132,9 +132,14 @@ def test_connect_deliver_and_disconnect(page: Page, host: Host, actions: ApiActi
 
         # Two more failures of the streak: replies in the parent's thread, the auto-disable one
         # broadcast to the channel, and the parent edited to say so (SPEC §7).
-        for expected in ("Failed scan recorded.", "The schedule is disabled."):
-            page.click(f"fail-scan-{sid}")
-            page.wait_text(f"fail-result-{sid}", expected)
+        # One at a time: three failures waiting together (failure 2 paced behind the parent,
+        # then failure 3 and the auto-disable) would rightly go out as one digest (SPEC §7).
+        page.click(f"fail-scan-{sid}")
+        page.wait_text(f"fail-result-{sid}", "Failed scan recorded.")
+        page.until(lambda _: any(m.get("thread_ts") for m in slack.messages("C0ALERTS")),
+                   "the second failure never arrived as a reply in the thread", wait=30)
+        page.click(f"fail-scan-{sid}")
+        page.wait_text(f"fail-result-{sid}", "The schedule is disabled.")
         page.until(lambda _: any(m.get("reply_broadcast") for m in slack.messages("C0ALERTS"))
                    and slack.count("chat.update") >= 3,
                    "the thread never got its broadcast auto-disable reply and parent edits",
