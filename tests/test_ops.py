@@ -239,16 +239,20 @@ def test_a_host_without_notify_admins_or_with_a_broken_one_still_delivers(
 
 
 def two_free_ports() -> int:
-    """A port whose next one is free too (a range for two worker processes)."""
+    """A port whose next one is free too (a range for two worker processes), below the
+    system's ephemeral range: the ports other tests get from the system (``free_port``) come
+    from that range, so none of them can take the second port before the second worker does."""
+    import random
     import socket
 
     while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        port = random.randrange(20_000, 30_000)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
         return port
 
 
