@@ -67,10 +67,11 @@ def drain(deps: Deps, *, job_id: str, thread_deps: ThreadDeps, budget: float = B
                 if time.monotonic() - started < budget and waiting(connection):
                     claimed = deliveries.claim_lane_heads(
                         job_id=job_id, lease=SEND_LEASE, limit=2 * threads - len(running))
-                    deliveries.commit_fast()
                 if not claimed:
+                    session.rollback()   # nothing written: no commit round trips
                     claiming = False
                 else:
+                    deliveries.commit_fast()
                     # Lost here (Redis gone)? The old jobs run and find their rows taken.
                     drop_jobs(connection, [old for _, old in claimed if old])
                     now = time.monotonic()

@@ -21,6 +21,8 @@ from .pacing import clamp_wait
 
 #: The one queue the package uses.
 QUEUE_NAME = "driftwise_slack"
+#: The Redis list of the queue's waiting job ids (RQ's naming), read without building a Queue.
+QUEUE_KEY = Queue.redis_queue_namespace_prefix + QUEUE_NAME
 #: Dotted path of the job: jobs are enqueued by name and carry a delivery id only.
 DELIVER = "driftwise_slack.jobs.deliver"
 #: Hard limit of one job run, kept below the row lease (jobs.SEND_LEASE) so that a job is
@@ -194,5 +196,5 @@ def drop_jobs(connection: Redis, job_ids: t.Sequence[str]) -> None:
 
 def waiting(connection: Redis) -> int:
     """How many job ids wait on the queue (one ``LLEN``; ids of dropped jobs count too)."""
-    return int(connection.llen(get_queue(connection).key))
+    return int(connection.llen(QUEUE_KEY))
 
