@@ -55,6 +55,9 @@ SEND_LEASE = dt.timedelta(seconds=45)
 MAX_CLAIMS = 20
 #: Extra time past ``not_before`` before the sweeper worries about a scheduled row.
 SCHEDULE_GRACE = dt.timedelta(seconds=60)
+#: A paced post looks this far back in its lane to find its place in the line (see
+#: pacing.ChannelPacer.wait_for); further back it waits as if this many were ahead.
+AHEAD_LIMIT = 1000
 #: Errors that mean our payload was refused: try once more as plain text.
 PAYLOAD_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long",
                             "markdown_text_conflict"})
@@ -168,7 +171,11 @@ def _attempt(deps: Deps, row: Delivery) -> _Outcome:
                         "in Settings.")
     row.team_id = installation.team_id
     channel = t.cast(str, row.channel)
-    wait = deps.pacer.wait_for(team_id=installation.team_id, channel=channel)
+    wait = deps.pacer.wait_for(
+        team_id=installation.team_id, channel=channel,
+        ahead=lambda: DeliveryRepository(deps.session).waiting(
+            org_id=row.org_id, channel=channel, exclude_id=row.id, limit=AHEAD_LIMIT,
+            older_only=True))
     if wait > 0:
         return _Outcome(DeliveryStatus.QUEUED, None, delay=wait, refund=True)
     try:

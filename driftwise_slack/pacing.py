@@ -1,32 +1,46 @@
 """Per-channel pacing: stay under Slack's ~1 message/second/channel, and honour ``Retry-After``.
 
-Pacing uses the ``limits`` library's moving window on the queue's Redis (process memory in the
-embedded demo), keyed by workspace and channel. A 429 sets a hold on that channel only, so one
-flooded channel never delays another org's messages: waiting jobs are rescheduled, not slept on.
+The rate is a ``limits`` string (``"1 per second"``). Its window is kept by ``pyrate-limiter``'s
+sliding-window log on the queue's Redis (process memory in the embedded demo), keyed by
+workspace and channel, because that library counts in milliseconds: the window is made
+:data:`SLOT_MARGIN` longer than Slack's, so that a post admitted exactly one window after an
+earlier one still reaches Slack after that earlier post has left Slack's window. (``limits``,
+which flask-limiter uses for the callback, keeps whole seconds only.) A 429 sets a hold on that
+channel only, so one flooded channel never delays another org's messages: waiting jobs are
+rescheduled, not slept on.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import typing as t
 
 from limits import parse
-from limits.storage import MemoryStorage, RedisStorage, Storage
-from limits.strategies import MovingWindowRateLimiter
-from redis.exceptions import RedisError
+from pyrate_limiter import InMemoryBucket, Rate, RateItem, RedisBucket
+from redis.exceptions import NoScriptError, RedisError
 
 if t.TYPE_CHECKING:
+    from pyrate_limiter import AbstractBucket, Decision
     from redis import Redis
 
 log = logging.getLogger(__name__)
 
-#: The smallest wait we reschedule for (the scheduler polls about once a second).
+#: The smallest wait we reschedule for.
 MIN_WAIT = 0.05
+#: How much longer our window is than Slack's. We take a slot just before sending, Slack counts
+#: when the request arrives, and the time in between varies by a few milliseconds: with equal
+#: windows a post admitted exactly one window after another could reach Slack a little less
+#: than a window after it, and be refused.
+SLOT_MARGIN = 0.05
 #: The longest we ever wait on Slack's word: a ``Retry-After`` of a day, a century or infinity
 #: holds a channel for an hour, then we ask again.
 MAX_WAIT = 3600.0
 _HOLD_PREFIX = "driftwise_slack:hold:"
+_WINDOW_PREFIX = "driftwise_slack:pace:"
+#: Channels whose windows the embedded demo keeps in memory.
+_MEMORY_CHANNELS = 4096
 
 
 def clamp_wait(seconds: t.Any) -> float:
@@ -44,46 +58,102 @@ def clamp_wait(seconds: t.Any) -> float:
 class ChannelPacer:
     """Decides whether a post to (workspace, channel) may go now, or how long to wait.
 
-    ``connect`` returns the queue's Redis (holds live there); ``redis_url`` selects the moving
-    window's storage (``None``: process memory, the embedded demo); ``rate`` is a ``limits``
-    string such as ``"1 per second"``. Nothing connects before the first use.
+    ``connect`` returns the queue's Redis (windows and holds live there); without
+    ``redis_url`` (the embedded demo) windows are kept in process memory. ``rate`` is a
+    ``limits`` string such as ``"1 per second"``. Nothing connects before the first use.
     """
 
     def __init__(self, *, connect: t.Callable[[], Redis], redis_url: str | None,
                  rate: str) -> None:
         self._connect = connect
-        self._redis_url = redis_url
-        self._storage: Storage | None = None
-        self.item = parse(rate)
+        self._in_redis = bool(redis_url)
+        self._script: str | None = None
+        self._memory: dict[str, InMemoryBucket] = {}
+        self._memory_lock = threading.Lock()
+        self.rate = self._window_rate(rate)
 
-    def _window(self) -> MovingWindowRateLimiter:
-        if self._storage is None:
-            url = self._redis_url
-            self._storage = (RedisStorage(url, key_prefix="driftwise_slack_pace") if url
-                             else MemoryStorage())
-        return MovingWindowRateLimiter(self._storage)
+    @staticmethod
+    def _window_rate(rate: str) -> Rate:
+        item = parse(rate)
+        return Rate(item.amount, int((item.get_expiry() + SLOT_MARGIN) * 1000))
 
     def _hold_key(self, scope: str, channel: str) -> str:
         return f"{_HOLD_PREFIX}{scope}:{channel}"
 
-    def wait_for(self, *, team_id: str, channel: str, rate: str | None = None) -> float:
+    def _bucket(self, key: str, rate: Rate) -> AbstractBucket:
+        if not self._in_redis:
+            with self._memory_lock:
+                bucket = self._memory.get(key)
+                if bucket is None:
+                    if len(self._memory) >= _MEMORY_CHANNELS:
+                        self._memory.clear()
+                    bucket = self._memory[key] = InMemoryBucket([rate])
+                bucket.leak(time.time_ns() // 1_000_000)
+                return bucket
+        redis = self._connect()
+        if self._script is None:
+            self._script = RedisBucket.init([rate], redis, key).script_hash
+        return RedisBucket([rate], redis, key, self._script)
+
+    def _admit(self, key: str, rate: Rate) -> float:
+        """Take a slot of ``key``'s window: 0, or the seconds until one opens."""
+        now_ms = time.time_ns() // 1_000_000
+        for _ in range(2):
+            try:
+                # Our buckets are synchronous (a sync Redis client, or memory).
+                decision = t.cast("Decision",
+                                  self._bucket(key, rate).put_decision(RateItem("post", now_ms)))
+                break
+            except NoScriptError:   # Redis restarted and forgot the script: load it again
+                self._script = None
+        else:
+            raise NoScriptError("the pacing script could not be loaded")
+        if decision.allowed:
+            return 0.0
+        return max(0.0, (decision.retry_after_ms or rate.interval) / 1000)
+
+    def wait_for(self, *, team_id: str, channel: str, rate: str | None = None,
+                 ahead: t.Callable[[], int] | None = None) -> float:
         """0 when a slot was taken for a post now; otherwise seconds to wait before asking again.
         ``rate`` (a ``limits`` string) replaces the channel rate, for keys of their own such as
-        parent edits (``team_id`` then names that key, e.g. ``edit:T123``)."""
-        item = parse(rate) if rate else self.item
+        parent edits (``team_id`` then names that key, e.g. ``edit:T123``).
+
+        ``ahead``, asked only when the window is full, says how many posts of this channel
+        wait before this one. The wait then reaches the window those posts leave room in, so a
+        backlog of a busy channel comes back a window's worth at a time, in its order, instead
+        of all of it at the next free slot, where all but a few would be turned away again."""
+        window = self._window_rate(rate) if rate else self.rate
+        key = f"{_WINDOW_PREFIX}{team_id}:{channel}"
         try:
-            held_ms = self._connect().pttl(self._hold_key(team_id, channel))
+            fresh = False
+            if self._in_redis:
+                held_ms, fresh = self._tidy(key, window, self._hold_key(team_id, channel))
+            else:
+                held_ms = self._connect().pttl(self._hold_key(team_id, channel))
             if held_ms and held_ms > 0:
                 return max(MIN_WAIT, held_ms / 1000)
-            limiter = self._window()
-            if limiter.hit(item, team_id, channel):
+            wait = self._admit(key, window)
+            if fresh:   # the put made the key anew: give it the expiry _tidy could not
+                self._connect().pexpire(key, 2 * window.interval)
+            if not wait:
                 return 0.0
-            stats = limiter.get_window_stats(item, team_id, channel)
-            return max(MIN_WAIT, stats.reset_time - time.time())
+            windows = (ahead() if ahead is not None else 0) // window.limit
+            return max(MIN_WAIT, wait + windows * window.interval / 1000)
         except RedisError as exc:
             log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)
             return 0.0
 
+    def _tidy(self, key: str, window: Rate, hold_key: str) -> tuple[int, bool]:
+        """In one round trip: the hold's time left (ms); the window's entries that no longer
+        count removed, and its key set to vanish once the channel has been quiet for two
+        windows. Also whether the window is now empty (its key gone, so no expiry set)."""
+        now_ms = time.time_ns() // 1_000_000
+        with self._connect().pipeline(transaction=False) as pipe:
+            pipe.pttl(hold_key)
+            pipe.zremrangebyscore(key, 0, now_ms - window.interval - 1)
+            pipe.pexpire(key, 2 * window.interval)
+            held_ms, _, kept = pipe.execute()
+        return int(held_ms), not kept
     def held(self, *, scope: str, channel: str) -> float:
         """Seconds left on a hold of (``scope``, ``channel``); 0 when there is none."""
         try:

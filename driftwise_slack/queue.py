@@ -42,6 +42,14 @@ PIPELINE_CHUNK = 200
 #: second) would have moved it, so the scheduler is gone (e.g. killed by a Redis outage; RQ
 #: restarts it only at its ten-minute maintenance) and the sweeper moves it instead.
 OVERDUE = 5.0
+#: Our own record of when each scheduled job is due, to the millisecond (job id -> epoch
+#: seconds): RQ's scheduler keeps whole seconds and looks about once a second, which turns a
+#: pacing wait of 0.1 s into one of up to two seconds. Workers move due jobs from it to the queue
+#: every :data:`DUE_POLL` seconds (:func:`release_due`); RQ's own registry, where the job is
+#: also scheduled, stays the fallback (a plain ``rq worker``, a worker without the mover).
+DUE_KEY = "driftwise_slack:due"
+#: How often a worker looks for due jobs in :data:`DUE_KEY`: one ``ZRANGEBYSCORE`` each time.
+DUE_POLL = 0.02
 
 
 class _Embedded(t.Protocol):
@@ -90,12 +98,17 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
                                  "description": f"deliver slack notification {delivery_id}"}
     delay = clamp_wait(delay)
     if delay > 0:
+        due = time.time() + delay
         # RQ keeps scheduled times in whole seconds, rounded down, so a job could run up to a
         # second early. Round up instead: a retry never starts before Retry-After is over.
-        at = dt.datetime.fromtimestamp(math.ceil(time.time() + delay), dt.timezone.utc)
-        # enqueue_at names the job timeout ``job_timeout``; any other unknown keyword would
-        # become an argument of the job itself.
-        queue.enqueue_at(at, DELIVER, args=(delivery_id,), job_timeout=JOB_TIMEOUT, **options)
+        at = dt.datetime.fromtimestamp(math.ceil(due), dt.timezone.utc)
+        with queue.connection.pipeline() as pipe:
+            # enqueue_at names the job timeout ``job_timeout``; any other unknown keyword would
+            # become an argument of the job itself.
+            queue.enqueue_at(at, DELIVER, args=(delivery_id,), job_timeout=JOB_TIMEOUT,
+                             pipeline=pipe, **options)
+            pipe.zadd(DUE_KEY, {job_id: due})
+            pipe.execute()
     elif pipeline is not None:
         queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, pipeline=pipeline,
                            **options)
@@ -180,6 +193,34 @@ def release_overdue(queue: Queue, *, now: float | None = None, limit: int = 1000
             registry.remove(job_id, pipeline=pipe)
         pipe.execute()
     return sum(job is not None for job in jobs)
+
+
+def release_due(queue: Queue, *, now: float | None = None, limit: int = PIPELINE_CHUNK) -> int:
+    """Move the jobs of :data:`DUE_KEY` whose time has come from RQ's scheduled registry to the
+    queue; returns how many. A job is moved by whoever removes it from RQ's registry (workers'
+    movers and RQ's scheduler may race; one wins, and a job run twice would find its row taken
+    anyway). An id whose job is gone, or that RQ's scheduler moved first, is simply forgotten.
+    Raises ``redis.exceptions.RedisError`` when Redis is unreachable."""
+    connection = queue.connection
+    raw = t.cast(list[t.Any], connection.zrangebyscore(
+        DUE_KEY, "-inf", time.time() if now is None else now, start=0, num=limit))
+    if not raw:
+        return 0
+    job_ids = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+    registry_key = _scheduled_key()
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrem(DUE_KEY, *job_ids)
+        for job_id in job_ids:
+            pipe.zrem(registry_key, job_id)
+        taken = pipe.execute()[1:]
+    won = [job_id for job_id, removed in zip(job_ids, taken, strict=True) if removed]
+    jobs = [job for job in Job.fetch_many(won, connection=connection) if job is not None]
+    if jobs:
+        with connection.pipeline() as pipe:
+            for job in jobs:
+                queue._enqueue_job(job, pipeline=pipe)
+            pipe.execute()
+    return len(jobs)
 
 
 def drop_jobs(connection: Redis, job_ids: t.Sequence[str]) -> None:

@@ -4,7 +4,7 @@ Jobs run in-process (``SimpleWorker``: no fork per job, so the engine pool and t
 are reused) inside the app context. A sweeper thread runs every few seconds: it queues rows that
 never reached Redis (it was down at dispatch) and takes back rows whose worker died mid-delivery
 (their lease ran out), so both recover within a minute. Another thread does the hourly
-housekeeping.
+housekeeping, and a third moves jobs due to the millisecond (pacing waits) to the queue.
 """
 from __future__ import annotations
 
@@ -22,11 +22,21 @@ from rq.timeouts import TimerDeathPenalty
 
 from .health import watch_worker
 from .models import DeliveryStatus, utcnow
-from .queue import QUEUE_NAME, alive_jobs, enqueue_many, get_queue, job_id_for, release_overdue
+from .queue import (
+    DUE_POLL,
+    QUEUE_NAME,
+    alive_jobs,
+    enqueue_many,
+    get_queue,
+    job_id_for,
+    release_due,
+    release_overdue,
+)
 from .repository import DeliveryRepository, EventRepository, StateRepository
 
 if t.TYPE_CHECKING:
     from flask import Flask
+    from redis import Redis
 
     from .deps import Deps
 
@@ -138,7 +148,15 @@ def housekeeping(deps: Deps) -> dict[str, int]:
     return {"nonces_purged": nonces, "events_purged": events, "deliveries_pruned": pruned}
 
 
-class _Periodic(threading.Thread):
+class _Background(threading.Thread):
+    """A daemon thread of the worker, stopped by setting :attr:`stopped`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=f"driftwise-slack-{name}", daemon=True)
+        self.stopped = threading.Event()
+
+
+class _Periodic(_Background):
     """Runs ``task`` every ``interval`` seconds inside the worker's app context, with a fresh
     :class:`Deps` each time. Sweeps and housekeeping get a thread each: a first cleanup of a
     large history takes a minute (it is paced, see ``repository.PRUNE_DUTY``), and sweeps must
@@ -146,10 +164,9 @@ class _Periodic(threading.Thread):
 
     def __init__(self, app: Flask, make_deps: DepsFactory, interval: float,
                  task: t.Callable[[Deps], object], name: str, *, first: float) -> None:
-        super().__init__(name=f"driftwise-slack-{name}", daemon=True)
+        super().__init__(name)
         self.app, self.make_deps, self.interval, self.task = app, make_deps, interval, task
         self.first = first
-        self.stopped = threading.Event()
 
     def run(self) -> None:
         wait = self.first
@@ -160,6 +177,29 @@ class _Periodic(threading.Thread):
                     self.task(self.make_deps())
                 except Exception:
                     log.exception("%s failed; trying again in %ss", self.name, self.interval)
+
+
+class _DueMover(_Background):
+    """Moves jobs whose millisecond due time has come to the queue (:func:`queue.release_due`),
+    every :data:`queue.DUE_POLL` seconds: a channel paced to N posts a second gets its next
+    post when the slot opens, not at RQ's next whole second."""
+
+    def __init__(self, connection: Redis) -> None:
+        super().__init__("due")
+        self.queue = get_queue(connection)
+
+    def run(self) -> None:
+        failing = False
+        while not self.stopped.wait(1.0 if failing else DUE_POLL):
+            try:
+                release_due(self.queue)
+            except RedisError as exc:
+                if not failing:   # once per outage; RQ's scheduler and the sweeper cover it
+                    log.warning("could not move due jobs (%s); retrying every second",
+                                type(exc).__name__)
+                failing = True
+            else:
+                failing = False
 
 
 def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> dict[str, t.Any]:
@@ -178,10 +218,11 @@ def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> di
     sys.setswitchinterval(SWITCH_INTERVAL)
     connection = deps.redis()
     sweep(deps)
-    background = [_Periodic(app, make_deps, SWEEP_INTERVAL, sweep, "sweeper",
+    background: list[_Background] = [_Periodic(app, make_deps, SWEEP_INTERVAL, sweep, "sweeper",
                             first=SWEEP_INTERVAL),
                   _Periodic(app, make_deps, HOUSEKEEPING_INTERVAL, housekeeping, "housekeeping",
-                            first=SWEEP_INTERVAL)]
+                            first=SWEEP_INTERVAL),
+                  _DueMover(connection)]
     if not burst:
         for thread in background:
             thread.start()
@@ -219,6 +260,7 @@ def start_embedded(app: Flask, make_deps: DepsFactory, *,
             with app.app_context():
                 try:
                     sweep(make_deps())
+                    release_due(queue)
                     scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
                     worker.work(burst=True, logging_level="WARNING")
                 except Exception:

@@ -134,10 +134,14 @@ class DeliveryRepository(DeliveryLeases):
             Delivery.status.in_(waiting), Delivery.event_type != PARENT_UPDATE,
             Delivery.id != exclude_id)
 
-    def waiting(self, *, org_id: str, channel: str, exclude_id: int, limit: int) -> int:
-        """How many notifications of the lane (org, channel) wait, besides ``exclude_id``;
+    def waiting(self, *, org_id: str, channel: str, exclude_id: int, limit: int,
+                older_only: bool = False) -> int:
+        """How many notifications of the lane (org, channel) wait, besides ``exclude_id``
+        (with ``older_only``: only those queued before it, i.e. its place in the line);
         counted up to ``limit`` (enough to decide on a digest), by the lane's partial index."""
         ids = self._waiting_ids(org_id=org_id, channel=channel, exclude_id=exclude_id)
+        if older_only:
+            ids = ids.where(Delivery.id < exclude_id)
         return int(self.session.scalar(
             select(func.count()).select_from(ids.limit(limit).subquery())) or 0)
 

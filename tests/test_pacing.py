@@ -1,0 +1,142 @@
+"""Pacing to a channel's rate, to the millisecond: a window a little longer than Slack's, waits
+that follow a backlog's place in line, and scheduled jobs moved when they are due, not at RQ's
+next whole second (``driftwise_slack.pacing``, ``queue.release_due``)."""
+from __future__ import annotations
+
+import time
+import typing as t
+
+import redis as redis_lib
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+
+from driftwise_slack.pacing import SLOT_MARGIN, ChannelPacer
+from driftwise_slack.queue import DUE_KEY, enqueue_delivery, get_queue, release_due
+
+
+def _pacer(redis: redis_lib.Redis, url: str | None, rate: str = "3 per second") -> ChannelPacer:
+    return ChannelPacer(connect=lambda: redis, redis_url=url, rate=rate)
+
+
+def _fill(pacer: ChannelPacer, amount: int, channel: str = "C1") -> None:
+    assert [pacer.wait_for(team_id="T1", channel=channel) for _ in range(amount)] == [0.0] * amount
+
+
+def test_a_full_window_waits_a_window_and_the_margin(redis: redis_lib.Redis,
+                                                     redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url)
+    _fill(pacer, 3)
+
+    wait = pacer.wait_for(team_id="T1", channel="C1")
+
+    # The slot opens when the first post is one window plus the margin old, not one window.
+    assert 1.0 + SLOT_MARGIN - 0.2 < wait <= 1.0 + SLOT_MARGIN + 0.002
+    # Other channels and workspaces have windows of their own.
+    assert pacer.wait_for(team_id="T1", channel="C2") == 0.0
+    assert pacer.wait_for(team_id="T2", channel="C1") == 0.0
+
+
+def test_a_post_is_refused_until_the_margin_past_the_window_is_over(
+        redis: redis_lib.Redis, redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url, rate="1 per second")
+    _fill(pacer, 1)
+
+    time.sleep(1.0 + SLOT_MARGIN / 4)   # past Slack's window, inside ours
+    assert pacer.wait_for(team_id="T1", channel="C1") > 0
+    time.sleep(SLOT_MARGIN)
+    assert pacer.wait_for(team_id="T1", channel="C1") == 0.0
+
+
+def test_a_backlog_waits_for_the_window_its_place_in_line_leaves_room_in(
+        redis: redis_lib.Redis, redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url)
+    _fill(pacer, 3)
+    asked: list[int] = []
+
+    def ahead(count: int) -> t.Callable[[], int]:
+        return lambda: asked.append(count) or count
+
+    first = pacer.wait_for(team_id="T1", channel="C1", ahead=ahead(2))
+    later = pacer.wait_for(team_id="T1", channel="C1", ahead=ahead(7))
+
+    window = 1.0 + SLOT_MARGIN
+    assert asked == [2, 7]
+    assert first <= window + 0.002                  # places 0-2: the next window
+    assert abs(later - first - 2 * window) < 0.05   # places 6-8: two windows after that
+    # With room, nobody is asked for a place in line.
+    assert pacer.wait_for(team_id="T1", channel="C2", ahead=ahead(50)) == 0.0
+    assert asked == [2, 7]
+
+
+def test_the_window_key_is_tidied_and_expires(redis: redis_lib.Redis, redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url, rate="2 per second")
+    _fill(pacer, 2)
+    [key] = redis.keys("driftwise_slack:pace:*")
+
+    # A key made by the first post still gets an expiry: a quiet channel leaves nothing behind.
+    assert 0 < redis.pttl(key) <= 2 * 1000 * (1.0 + SLOT_MARGIN)
+    assert redis.zcard(key) == 2
+    time.sleep(1.0 + SLOT_MARGIN + 0.01)
+    _fill(pacer, 1)
+    assert redis.zcard(key) == 1   # the entries that no longer count are gone
+    assert redis.pttl(key) > 0
+
+
+def test_a_redis_that_forgot_the_script_is_reloaded(redis: redis_lib.Redis,
+                                                    redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url)
+    _fill(pacer, 1)
+    redis.script_flush()
+
+    _fill(pacer, 2)
+    assert pacer.wait_for(team_id="T1", channel="C1") > 0
+
+
+def test_a_hold_comes_before_the_window(redis: redis_lib.Redis, redis_url: str) -> None:
+    pacer = _pacer(redis, redis_url)
+    pacer.hold(scope="T1", channel="C1", seconds=30)
+
+    assert 29 < pacer.wait_for(team_id="T1", channel="C1") <= 30
+    assert redis.keys("driftwise_slack:pace:*") == []   # no slot taken while held
+
+
+def test_without_redis_the_window_lives_in_memory(redis: redis_lib.Redis) -> None:
+    pacer = _pacer(redis, None)
+    _fill(pacer, 3)
+
+    assert pacer.wait_for(team_id="T1", channel="C1") > 1.0
+    assert redis.keys("driftwise_slack:pace:*") == []
+
+
+def test_scheduled_jobs_move_to_the_queue_when_due_to_the_millisecond(
+        redis: redis_lib.Redis) -> None:
+    queue = get_queue(redis)
+    enqueue_delivery(queue, 1, job_id="dwslack-a-1", delay=0.3)
+    enqueue_delivery(queue, 2, job_id="dwslack-a-2", delay=5.0)
+    due = float(t.cast(float, redis.zscore(DUE_KEY, "dwslack-a-1")))
+    registry = ScheduledJobRegistry(queue=queue)
+    # RQ's own registry keeps the job too, rounded up to a whole second: the fallback.
+    assert set(registry.get_job_ids()) == {"dwslack-a-1", "dwslack-a-2"}
+
+    assert release_due(queue, now=due - 0.001) == 0
+    assert release_due(queue, now=due) == 1
+
+    assert queue.job_ids == ["dwslack-a-1"]
+    assert Job.fetch("dwslack-a-1", connection=redis).get_status() == JobStatus.QUEUED
+    assert registry.get_job_ids() == ["dwslack-a-2"]
+    assert redis.zrange(DUE_KEY, 0, -1) == [b"dwslack-a-2"]
+    assert release_due(queue, now=due + 1) == 0   # moved once
+
+
+def test_a_job_moved_or_dropped_by_others_is_forgotten(redis: redis_lib.Redis) -> None:
+    queue = get_queue(redis)
+    enqueue_delivery(queue, 1, job_id="dwslack-a-1", delay=0.2)
+    enqueue_delivery(queue, 2, job_id="dwslack-a-2", delay=0.2)
+    registry = ScheduledJobRegistry(queue=queue)
+    registry.remove("dwslack-a-1")              # RQ's scheduler got there first
+    redis.delete(Job.key_for("dwslack-a-2"))     # the job was dropped (its row moved on)
+
+    assert release_due(queue, now=time.time() + 1) == 0
+    assert queue.job_ids == []
+    assert redis.zcard(DUE_KEY) == 0
+    assert registry.get_job_ids() == []
