@@ -64,18 +64,23 @@ class DeliveryLeases(DeliveryRows):
         they are. Returns ``(row, old job id)`` pairs, by id; the old jobs are the caller's to
         drop. PostgreSQL only (``SKIP LOCKED``); elsewhere nothing is taken.
 
-        Reads at most ``window`` entries of ``ix_slack_deliveries_unfinished``, whatever the
-        history or the backlog, and locks in id order with ``SKIP LOCKED``: a row another worker
-        is claiming is skipped, never waited on."""
+        The window is read from ``ix_slack_deliveries_lane_unfinished`` (the unfinished rows, so
+        never the history) and locks are taken in id order with ``SKIP LOCKED``: a row another
+        worker is claiming is skipped, never waited on."""
         if self.session.get_bind().dialect.name != "postgresql":
             return []
+        # Each step is computed once (MATERIALIZED) and the heads are found by primary key
+        # (``= ANY``): statistics taken before a backlog arrived (the table looked empty of
+        # unfinished rows) otherwise led the planner to re-run the window for every unfinished
+        # row, 30 ms a claim at 600 queued rows and a second beside a long history.
         stmt = text(f"""
-            WITH win AS (SELECT id, org_id, channel FROM slack_deliveries
-                         WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
-            heads AS (SELECT DISTINCT ON (org_id, channel) id FROM win
-                      ORDER BY org_id, channel, id),
-            picked AS (SELECT d.id, d.job_id FROM slack_deliveries d JOIN heads USING (id)
-                       WHERE d.status = :queued AND d.job_id IS NOT NULL
+            WITH win AS MATERIALIZED (SELECT id, org_id, channel FROM slack_deliveries
+                                      WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
+            heads AS MATERIALIZED (SELECT DISTINCT ON (org_id, channel) id FROM win
+                                   ORDER BY org_id, channel, id),
+            picked AS (SELECT d.id, d.job_id FROM slack_deliveries d
+                       WHERE d.id = ANY (ARRAY(SELECT id FROM heads))
+                         AND d.status = :queued AND d.job_id IS NOT NULL
                          AND (d.not_before IS NULL OR d.not_before <= statement_timestamp())
                          AND d.lease_until > statement_timestamp()
                        ORDER BY d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
