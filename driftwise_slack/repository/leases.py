@@ -7,15 +7,19 @@ twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import typing as t
 
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import (
+    Interval,
+    bindparam,
+    func,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ..models import (
@@ -23,6 +27,7 @@ from ..models import (
     UNFINISHED_STATUSES,
     Delivery,
     DeliveryStatus,
+    UTCDateTime,
 )
 from ._base import DeliveryRows
 
@@ -39,21 +44,14 @@ class DeliveryLeases(DeliveryRows):
         Leases are written and compared on the database's clock: ``lease_until - now`` is the
         length of the lease, ``now`` itself only matters where the database has no clock.
         """
-        db_now = self.now(now)
-        conditions = [Delivery.id == delivery_id,
-                      or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
-                                               DeliveryStatus.QUEUED.value)),
-                          (Delivery.status == DeliveryStatus.SENDING.value)
-                          & (Delivery.lease_until < db_now))]
-        if job_id is not None:
-            conditions.append(Delivery.job_id == job_id)
-        return self.session.scalars(
-            update(Delivery)
-            .where(*conditions)
-            .values(status=DeliveryStatus.SENDING.value, lease_until=db_now + (lease_until - now),
-                    attempts=Delivery.attempts + 1, updated_at=db_now)
-            .returning(Delivery)
-            .execution_options(synchronize_session=False, populate_existing=True)).first()
+        dialect = self.session.get_bind().dialect.name
+        params: dict[str, t.Any] = {"claim_id": delivery_id, "claim_job": job_id}
+        if dialect == "postgresql":
+            params["claim_lease"] = lease_until - now
+        else:
+            params.update(claim_now=now, claim_until=lease_until)
+        return self.session.scalars(_claim_statement(dialect == "postgresql", job_id is not None),
+                                    params).first()
 
     def claim_lane_heads(self, *, job_id: str, lease: dt.timedelta, limit: int,
                          window: int = 200) -> list[tuple[Delivery, str | None]]:
@@ -254,3 +252,28 @@ class DeliveryLeases(DeliveryRows):
         stmt = (select(Delivery).where(text(UNFINISHED_SQL), key < now)
                 .order_by(key, Delivery.id).limit(limit))
         return list(self.session.scalars(stmt))
+
+
+@functools.cache
+def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
+    """The claim's ``UPDATE .. RETURNING``, built once per kind: building it anew for every
+    delivery cost more of the worker's time than the database took to run it. On PostgreSQL
+    the database's clock; elsewhere the caller's ``now`` and ``lease_until``."""
+    if on_postgresql:
+        now: t.Any = func.statement_timestamp()
+        lease_until = now + bindparam("claim_lease", type_=Interval())
+    else:
+        now = bindparam("claim_now", type_=UTCDateTime())
+        lease_until = bindparam("claim_until", type_=UTCDateTime())
+    conditions = [Delivery.id == bindparam("claim_id"),
+                  or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
+                                           DeliveryStatus.QUEUED.value)),
+                      (Delivery.status == DeliveryStatus.SENDING.value)
+                      & (Delivery.lease_until < now))]
+    if by_job:
+        conditions.append(Delivery.job_id == bindparam("claim_job"))
+    return (update(Delivery).where(*conditions)
+            .values(status=DeliveryStatus.SENDING.value, lease_until=lease_until,
+                    attempts=Delivery.attempts + 1, updated_at=now)
+            .returning(Delivery)
+            .execution_options(synchronize_session=False, populate_existing=True))
