@@ -152,6 +152,26 @@ def test_prune_batches_leaves_every_commit_to_the_caller(engine: Engine, db: t.A
     assert counts(db) == {("sent", True): 30}
 
 
+def test_each_batch_walks_on_from_the_last_and_the_next_cleanup_takes_what_it_passed(
+        engine: Engine, db: t.Any) -> None:
+    # Five unfinished rows as old as the first five finished ones: passed over by the first batch.
+    seed(db, [("sent", 40, 20), ("pending", 40, 5)])
+    cutoff = NOW - dt.timedelta(days=30)
+    with Session(engine) as session:
+        steps = DeliveryRepository(session).prune_batches(older_than=cutoff, batch_size=10)
+        assert next(steps) == 10
+        session.commit()
+        db.execute(text("UPDATE slack_deliveries SET status = 'sent' WHERE status = 'pending'"))
+        db.commit()
+        # Finished now, but behind where the walk stands: not read again by this cleanup.
+        assert list(steps) == [10, 0]
+        session.commit()
+    assert counts(db) == {("sent", True): 5}
+    with Session(engine) as session:
+        assert DeliveryRepository(session).prune(older_than=cutoff) == 5
+    assert counts(db) == {}
+
+
 def test_each_batch_commits_without_waiting_for_the_disk_and_only_it(
         engine: Engine, db: t.Any) -> None:
     seed(db, [("sent", 40, 15)])

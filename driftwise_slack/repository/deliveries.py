@@ -178,21 +178,36 @@ class DeliveryRepository(DeliveryLeases):
         it within a fraction of a second, and a batch lost to a crash in between is deleted
         again by the next cleanup. The waits were most of a small batch's time.
 
+        Each batch starts its walk of the finished rows' index at the newest ``created_at`` the
+        previous one deleted, not at the index's start: the entries of rows already deleted stay
+        in the index until a vacuum, and walking them again made every batch slower than the one
+        before (about 1,000 index pages, a millisecond, after 400k rows). A row passed over on
+        the way (held by another pruner, or finished since) waits for the next cleanup.
+
         Raises ``ValueError`` for a ``batch_size`` below 1.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        ids = (select(Delivery.id)
-               .where(text(FINAL_SQL), Delivery.created_at < older_than)
-               .order_by(Delivery.created_at).limit(batch_size)
-               .with_for_update(skip_locked=True))
-        stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
-                .execution_options(synchronize_session=False))
-        postgres = self.session.get_bind().dialect.name == "postgresql"
+        bind = self.session.get_bind()
+        postgres = bind.dialect.name == "postgresql"
+        keyset = bool(getattr(bind.dialect, "delete_returning", False))
+        since: dt.datetime | None = None
         while True:
+            ids = select(Delivery.id).where(text(FINAL_SQL), Delivery.created_at < older_than)
+            if since is not None:
+                ids = ids.where(Delivery.created_at >= since)
+            ids = ids.order_by(Delivery.created_at).limit(batch_size).with_for_update(
+                skip_locked=True)
+            stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
+                    .execution_options(synchronize_session=False))
             if postgres:
                 self.session.execute(text("SET LOCAL synchronous_commit = off"))
-            deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+            if keyset:
+                created = list(self.session.scalars(stmt.returning(Delivery.created_at)))
+                deleted = len(created)
+                since = max(created, default=since)
+            else:
+                deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
             yield deleted
             if deleted < batch_size:
                 return
