@@ -159,7 +159,7 @@ class _Background(threading.Thread):
 class _Periodic(_Background):
     """Runs ``task`` every ``interval`` seconds inside the worker's app context, with a fresh
     :class:`Deps` each time. Sweeps and housekeeping get a thread each: a first cleanup of a
-    large history takes a minute (it is paced, see ``repository.PRUNE_DUTY``), and sweeps must
+    large history takes minutes (it is paced, see ``repository.PRUNE_DUTY``), and sweeps must
     not wait for it."""
 
     def __init__(self, app: Flask, make_deps: DepsFactory, interval: float,
