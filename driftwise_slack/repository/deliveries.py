@@ -6,6 +6,7 @@ import time
 import typing as t
 
 from sqlalchemy import (
+    bindparam,
     delete,
     func,
     select,
@@ -21,6 +22,7 @@ from ..models import (
     UNFINISHED_SQL,
     Delivery,
     DeliveryStatus,
+    UTCDateTime,
 )
 from ._base import _dialect_insert, _insert_stmt
 from .leases import DeliveryLeases
@@ -39,6 +41,19 @@ PRUNE_BATCH = 200
 #: busy). 700k rows then take a few minutes; the hourly run after that has an hour's rows to
 #: delete.
 PRUNE_DUTY = 0.1
+
+#: One cleanup batch on PostgreSQL, as one statement written once: the oldest ``:batch`` final
+#: rows created in [``:since``, ``:older_than``), rows another pruner holds skipped, deleted by
+#: key; it answers how many and the newest ``created_at`` deleted (where the next batch starts),
+#: one row instead of one per deleted row.
+_PRUNE_BATCH_SQL = text(f"""
+    WITH victims AS (SELECT id FROM slack_deliveries
+                     WHERE {FINAL_SQL} AND created_at >= :since AND created_at < :older_than
+                     ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED),
+    gone AS (DELETE FROM slack_deliveries d USING victims WHERE d.id = victims.id
+             RETURNING d.created_at)
+    SELECT count(*), max(created_at) FROM gone""").bindparams(
+    bindparam("older_than", type_=UTCDateTime()))
 
 
 class DeliveryRepository(DeliveryLeases):
@@ -190,26 +205,29 @@ class DeliveryRepository(DeliveryLeases):
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        bind = self.session.get_bind()
-        postgres = bind.dialect.name == "postgresql"
-        keyset = bool(getattr(bind.dialect, "delete_returning", False))
-        since: dt.datetime | None = None
+        if self.session.get_bind().dialect.name != "postgresql":
+            yield from self._prune_batches_plain(older_than=older_than, batch_size=batch_size)
+            return
+        since: t.Any = "-infinity"
         while True:
-            ids = select(Delivery.id).where(text(FINAL_SQL), Delivery.created_at < older_than)
-            if since is not None:
-                ids = ids.where(Delivery.created_at >= since)
-            ids = ids.order_by(Delivery.created_at).limit(batch_size).with_for_update(
-                skip_locked=True)
-            stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
-                    .execution_options(synchronize_session=False))
-            if postgres:
-                self.session.execute(text("SET LOCAL synchronous_commit = off"))
-            if keyset:
-                created = list(self.session.scalars(stmt.returning(Delivery.created_at)))
-                deleted = len(created)
-                since = max(created, default=since)
-            else:
-                deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+            self.session.execute(text("SET LOCAL synchronous_commit = off"))
+            deleted, newest = self.session.execute(_PRUNE_BATCH_SQL, {
+                "older_than": older_than, "since": since, "batch": batch_size}).one()
+            since = newest if newest is not None else since
+            yield int(deleted)
+            if deleted < batch_size:
+                return
+
+    def _prune_batches_plain(self, *, older_than: dt.datetime,
+                             batch_size: int) -> t.Iterator[int]:
+        """:meth:`prune_batches` where there is no ``SKIP LOCKED`` (the SQLite demo, whose
+        table is small): each batch from the start of the finished rows' index."""
+        ids = (select(Delivery.id).where(text(FINAL_SQL), Delivery.created_at < older_than)
+               .order_by(Delivery.created_at).limit(batch_size))
+        stmt = (delete(Delivery).where(self._id_in(ids.scalar_subquery()), text(FINAL_SQL))
+                .execution_options(synchronize_session=False))
+        while True:
+            deleted = int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
             yield deleted
             if deleted < batch_size:
                 return
