@@ -28,6 +28,7 @@ from ..models import (
     Delivery,
     DeliveryStatus,
     UTCDateTime,
+    utcnow,
 )
 from ._base import DeliveryRows
 
@@ -110,18 +111,18 @@ class DeliveryLeases(DeliveryRows):
         state = sa_inspect(row)
         changes = {attr.key: attr.value for attr in state.attrs if attr.history.added}
         changes.update(values)
-        db_now = self.now(values.get("updated_at"))
+        on_postgresql = self.session.get_bind().dialect.name == "postgresql"
+        params = {f"v_{key}": value for key, value in changes.items()}
+        params.update(w_id=row.id, w_job=claimed_job)
         if delay is not None:
-            changes["not_before"] = db_now + delay
-            changes["lease_until"] = db_now + delay + grace
-        conditions = [Delivery.id == row.id, Delivery.status.in_(UNFINISHED_STATUSES)]
-        if not over_any_job:
-            conditions += [Delivery.status == DeliveryStatus.SENDING.value,
-                           Delivery.job_id.is_not_distinct_from(claimed_job)]
-        found = self.session.execute(
-            update(Delivery).where(*conditions).values(**changes)
-            .returning(Delivery.not_before, Delivery.lease_until)
-            .execution_options(synchronize_session=False)).first()
+            if on_postgresql:   # from the database's clock, in the statement
+                params.update(w_delay=delay, w_lease=delay + grace)
+            else:
+                base = values.get("updated_at") or utcnow()
+                params.update(v_not_before=base + delay, v_lease_until=base + delay + grace)
+        stmt = _outcome_statement(tuple(sorted(changes)), over_any_job=over_any_job,
+                                  delayed=delay is not None, on_postgresql=on_postgresql)
+        found = self.session.execute(stmt, params).first()
         if found is None:
             return False
         changes["not_before"], changes["lease_until"] = found[0], found[1]
@@ -277,3 +278,30 @@ def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
                     attempts=Delivery.attempts + 1, updated_at=now)
             .returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True))
+
+
+@functools.lru_cache(maxsize=128)
+def _outcome_statement(keys: tuple[str, ...], *, over_any_job: bool, delayed: bool,
+                       on_postgresql: bool) -> t.Any:
+    """The outcome's conditional ``UPDATE .. RETURNING`` for one set of changed columns, built
+    once (a handful of sets occur: one per kind of outcome). Values come as ``v_<column>``
+    parameters; ``w_id``, ``w_job`` and, when ``delayed`` on PostgreSQL, ``w_delay`` and
+    ``w_lease`` (from the database's clock) complete it."""
+    columns = sa_inspect(Delivery).columns
+    changes: dict[str, t.Any] = {key: bindparam(f"v_{key}", type_=columns[key].type)
+                                 for key in keys}
+    if delayed and on_postgresql:
+        now = func.statement_timestamp()
+        changes["not_before"] = now + bindparam("w_delay", type_=Interval())
+        changes["lease_until"] = now + bindparam("w_lease", type_=Interval())
+    elif delayed:
+        for key in ("not_before", "lease_until"):
+            changes[key] = bindparam(f"v_{key}", type_=columns[key].type)
+    conditions = [Delivery.id == bindparam("w_id"), Delivery.status.in_(UNFINISHED_STATUSES)]
+    if not over_any_job:
+        conditions += [Delivery.status == DeliveryStatus.SENDING.value,
+                       Delivery.job_id.is_not_distinct_from(
+                           bindparam("w_job", type_=columns["job_id"].type))]
+    return (update(Delivery).where(*conditions).values(**changes)
+            .returning(Delivery.not_before, Delivery.lease_until)
+            .execution_options(synchronize_session=False))
