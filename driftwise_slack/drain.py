@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
+import threading
 import time
 import typing as t
 
@@ -55,7 +57,7 @@ def drain(deps: Deps, *, job_id: str, thread_deps: ThreadDeps, budget: float = B
     deliveries = DeliveryRepository(session)
     started = time.monotonic()
     delivered = 0
-    pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="driftwise-slack-drain")
+    pool = _pool(threads)
     running: set[cf.Future[bool]] = set()
     try:
         connection = deps.redis()
@@ -93,10 +95,29 @@ def drain(deps: Deps, *, job_id: str, thread_deps: ThreadDeps, budget: float = B
     finally:
         # Rows not started yet (the job timed out, or a failure above) keep their lease and
         # come back through the sweeper; those running finish and record their outcome.
-        pool.shutdown(wait=False, cancel_futures=True)
+        for future in running:
+            future.cancel()
     delivered += sum(1 for future in running if future.done() and not future.cancelled()
                      and future.exception() is None and future.result())
     return delivered
+
+
+_pools: dict[int, tuple[int, cf.ThreadPoolExecutor]] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> cf.ThreadPoolExecutor:
+    """The process's pool of ``threads`` drain threads, made once and kept: the same few
+    threads (and their sessions) serve every job, rather than new threads started, and their
+    sessions made, for each job. Made anew in a forked child, where the parent's threads are
+    not."""
+    with _pools_lock:
+        found = _pools.get(threads)
+        if found is None or found[0] != os.getpid():
+            pool = cf.ThreadPoolExecutor(max_workers=threads,
+                                         thread_name_prefix="driftwise-slack-drain")
+            found = _pools[threads] = (os.getpid(), pool)
+        return found[1]
 
 
 def _deliver(thread_deps: ThreadDeps, row: Delivery, claimed_at: float) -> bool:
