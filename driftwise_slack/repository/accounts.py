@@ -48,19 +48,20 @@ class StateRepository:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-#: What the status route shows of an org's active installation (the row ``active`` picks).
-#: Built once: the statement is the same on every request, only ``org_id`` varies.
-_ACTIVE_SUMMARY = (
-    select(Installation.team_id, Installation.team_name, Installation.scopes,
-           Installation.created_at, Installation.invalid_at)
-    .where(Installation.org_id == bindparam("org_id"))
-    .order_by(Installation.completed_at.desc(), Installation.id.desc()).limit(1))
+def _active(*columns: t.Any) -> t.Any:
+    """``columns`` of an org's active installation (the latest completed; ``org_id`` a
+    parameter), for statements built once: the worker asks before every post and the status
+    route on every request, and building the statement cost more than running it."""
+    return (select(*columns).where(Installation.org_id == bindparam("org_id"))
+            .order_by(Installation.completed_at.desc(), Installation.id.desc()).limit(1))
+
+
+#: What the status route shows of an org's active installation.
+_ACTIVE_SUMMARY = _active(Installation.team_id, Installation.team_name, Installation.scopes,
+                          Installation.created_at, Installation.invalid_at)
 #: Its row: team_id, team_name, scopes, created_at, invalid_at.
 ActiveSummary = Row[str, str, str, dt.datetime, "dt.datetime | None"]
-#: The org's active installation (the latest completed), built once: the worker asks for it
-#: before every post, and building the statement cost more than running it.
-_ACTIVE = (select(Installation).where(Installation.org_id == bindparam("org_id"))
-           .order_by(Installation.completed_at.desc(), Installation.id.desc()).limit(1))
+_ACTIVE = _active(Installation)
 
 
 class InstallationRepository:
