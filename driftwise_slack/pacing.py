@@ -11,6 +11,7 @@ rescheduled, not slept on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -43,6 +44,14 @@ _WINDOW_PREFIX = "driftwise_slack:pace:"
 _MEMORY_CHANNELS = 4096
 
 
+@functools.lru_cache(maxsize=32)
+def _window_rate(rate: str) -> Rate:
+    """Our window for a ``limits`` rate string: its amount over its period plus
+    :data:`SLOT_MARGIN`, in milliseconds. Parsed once per string (a few are in use)."""
+    item = parse(rate)
+    return Rate(item.amount, int((item.get_expiry() + SLOT_MARGIN) * 1000))
+
+
 def clamp_wait(seconds: t.Any) -> float:
     """``seconds`` as a wait we can schedule: within [0, :data:`MAX_WAIT`]. Infinity and huge
     values give ``MAX_WAIT``; NaN, negative and non-numbers give 0. Never raises."""
@@ -70,12 +79,7 @@ class ChannelPacer:
         self._script: str | None = None
         self._memory: dict[str, InMemoryBucket] = {}
         self._memory_lock = threading.Lock()
-        self.rate = self._window_rate(rate)
-
-    @staticmethod
-    def _window_rate(rate: str) -> Rate:
-        item = parse(rate)
-        return Rate(item.amount, int((item.get_expiry() + SLOT_MARGIN) * 1000))
+        self.rate = _window_rate(rate)
 
     def _hold_key(self, scope: str, channel: str) -> str:
         return f"{_HOLD_PREFIX}{scope}:{channel}"
@@ -122,7 +126,7 @@ class ChannelPacer:
         wait before this one. The wait then reaches the window those posts leave room in, so a
         backlog of a busy channel comes back a window's worth at a time, in its order, instead
         of all of it at the next free slot, where all but a few would be turned away again."""
-        window = self._window_rate(rate) if rate else self.rate
+        window = _window_rate(rate) if rate else self.rate
         key = f"{_WINDOW_PREFIX}{team_id}:{channel}"
         try:
             fresh = False

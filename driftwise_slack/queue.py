@@ -185,14 +185,12 @@ def release_overdue(queue: Queue, *, now: float | None = None, limit: int = 1000
                                                             start=0, num=limit))]
     if not job_ids:
         return 0
-    jobs = Job.fetch_many(job_ids, connection=connection)
     with connection.pipeline() as pipe:
-        for job_id, job in zip(job_ids, jobs, strict=True):
-            if job is not None:
-                queue._enqueue_job(job, pipeline=pipe)
+        moved = _enqueue_stored(queue, job_ids, pipe)
+        for job_id in job_ids:
             registry.remove(job_id, pipeline=pipe)
         pipe.execute()
-    return sum(job is not None for job in jobs)
+    return moved
 
 
 def release_due(queue: Queue, *, now: float | None = None, limit: int = PIPELINE_CHUNK) -> int:
@@ -214,12 +212,21 @@ def release_due(queue: Queue, *, now: float | None = None, limit: int = PIPELINE
             pipe.zrem(registry_key, job_id)
         taken = pipe.execute()[1:]
     won = [job_id for job_id, removed in zip(job_ids, taken, strict=True) if removed]
-    jobs = [job for job in Job.fetch_many(won, connection=connection) if job is not None]
-    if jobs:
-        with connection.pipeline() as pipe:
-            for job in jobs:
-                queue._enqueue_job(job, pipeline=pipe)
-            pipe.execute()
+    if not won:
+        return 0
+    with connection.pipeline() as pipe:
+        moved = _enqueue_stored(queue, won, pipe)
+        pipe.execute()
+    return moved
+
+
+def _enqueue_stored(queue: Queue, job_ids: t.Sequence[str], pipe: t.Any) -> int:
+    """Put the stored jobs ``job_ids`` on ``queue`` in ``pipe``, as RQ's scheduler does; ids
+    whose job record is gone are skipped. Returns how many were put."""
+    jobs = [job for job in Job.fetch_many(list(job_ids), connection=queue.connection)
+            if job is not None]
+    for job in jobs:
+        queue._enqueue_job(job, pipeline=pipe)
     return len(jobs)
 
 
