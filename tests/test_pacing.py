@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import typing as t
 
+import pytest
 import redis as redis_lib
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
@@ -140,3 +141,27 @@ def test_a_job_moved_or_dropped_by_others_is_forgotten(redis: redis_lib.Redis) -
     assert queue.job_ids == []
     assert redis.zcard(DUE_KEY) == 0
     assert registry.get_job_ids() == []
+
+
+def _unreachable() -> redis_lib.Redis:
+    """A client of a port nothing listens on (connections refused at once)."""
+    return redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+
+
+def test_without_redis_a_post_goes_unpaced_and_the_log_names_no_secret(
+        caplog: t.Any) -> None:
+    pacer = ChannelPacer(connect=_unreachable,
+                         redis_url="redis://:s3cret-password@127.0.0.1:1/0", rate="1 per second")
+
+    with caplog.at_level("WARNING", logger="driftwise_slack.pacing"):
+        assert pacer.wait_for(team_id="T1", channel="C1") == 0.0
+        assert pacer.wait_for(team_id="T1", channel="C1", ahead=lambda: 5) == 0.0
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "pacing unavailable (ConnectionError); posting without it"] * 2
+    assert "s3cret" not in caplog.text
+
+
+def test_moving_due_jobs_without_redis_raises_for_the_mover_to_retry() -> None:
+    with pytest.raises(redis_lib.exceptions.ConnectionError):
+        release_due(get_queue(_unreachable()))
