@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from sqlalchemy import delete
-
 from .host import DeliveryProblem
 from .metrics import count_delivery
-from .models import AdminNotice, DeliveryStatus, utcnow
+from .models import DeliveryStatus, utcnow
 from .repository import AdminNoticeRepository
 from .slack_answers import CHANNEL_ERRORS, DEAD_TOKEN_ERRORS
 
@@ -94,16 +92,8 @@ def clear_notices(deps: Deps, rows: t.Sequence[Delivery]) -> set[tuple[str, str]
     once), in the transaction that records the send (one indexed delete, no commit of its
     own). Returns the (org, schedule) pairs that had something to clear, for
     :func:`delivery_recorded` to tell the host after the commit."""
-    pairs = {(row.org_id, row.schedule_id) for row in rows}
-    if not pairs:
-        return set()
-    org_ids = {org for org, _ in pairs}
-    cleared = deps.session.execute(
-        delete(AdminNotice)
-        .where(AdminNotice.org_id.in_(org_ids),
-               AdminNotice.schedule_id.in_({schedule for _, schedule in pairs}))
-        .returning(AdminNotice.org_id, AdminNotice.schedule_id)).all()
-    return {(org, schedule) for org, schedule in cleared if (org, schedule) in pairs}
+    return AdminNoticeRepository(deps.session).forget(
+        {(row.org_id, row.schedule_id) for row in rows})
 
 
 def _recovered(deps: Deps, row: Delivery) -> None:

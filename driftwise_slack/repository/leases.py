@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import get_history, instance_state, set_committed_value
 
 from ..models import (
     UNFINISHED_SQL,
@@ -94,9 +94,7 @@ class DeliveryLeases(DeliveryRows):
             "sending": DeliveryStatus.SENDING.value, "job_id": job_id, "lease": lease})}
         if not taken:
             return []
-        rows = self.session.scalars(
-            select(Delivery).where(Delivery.id.in_(taken)).order_by(Delivery.id)
-            .execution_options(populate_existing=True))
+        rows = self.session.scalars(_ROWS_BY_ID, {"ids": list(taken)})
         return [(row, taken[row.id]) for row in rows]
 
     def write_outcome(self, row: Delivery, values: dict[str, t.Any], *,
@@ -108,8 +106,12 @@ class DeliveryLeases(DeliveryRows):
         database's clock (``lease_until`` ``grace`` later). Other attributes changed on ``row``
         during the attempt are written too. ``False`` (nothing written) when the row changed
         hands; else ``row`` holds what was written, without a flush or a reload."""
-        state = sa_inspect(row)
-        changes = {attr.key: attr.value for attr in state.attrs if attr.history.added}
+        # The attributes set since the load, from the state's own record of them and each
+        # one's history: ``inspect(row).attrs`` would leave a reference cycle (the state and
+        # its attribute views) for every delivery, garbage until the next full collection.
+        state = instance_state(row)
+        changes = {key: state.dict[key] for key in state.committed_state
+                   if get_history(row, key).added}
         changes.update(values)
         on_postgresql = self.session.get_bind().dialect.name == "postgresql"
         params = {f"v_{key}": value for key, value in changes.items()}
@@ -253,6 +255,12 @@ class DeliveryLeases(DeliveryRows):
         stmt = (select(Delivery).where(text(UNFINISHED_SQL), key < now)
                 .order_by(key, Delivery.id).limit(limit))
         return list(self.session.scalars(stmt))
+
+
+#: Delivery rows by id (a list), as they are now in the database. Built once: a statement
+#: built per call leaves its bound parameters in reference cycles until a full collection.
+_ROWS_BY_ID = (select(Delivery).where(Delivery.id.in_(bindparam("ids", expanding=True)))
+               .order_by(Delivery.id).execution_options(populate_existing=True))
 
 
 @functools.cache

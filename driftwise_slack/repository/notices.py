@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing as t
 
+from sqlalchemy import bindparam, delete
 from sqlalchemy.orm import Session
 
-from ..models import (
-    AdminNotice,
-)
+from ..models import AdminNotice
 from ._base import _dialect_insert
 
 #: How often one (org, schedule, reason) problem is told to the host's admins.
 NOTICE_INTERVAL = dt.timedelta(hours=24)
+
+#: Forgets the notices of some orgs' schedules (two lists), answering each pair forgotten.
+#: Built once: it runs with every sent delivery.
+_FORGET = (delete(AdminNotice)
+           .where(AdminNotice.org_id.in_(bindparam("orgs", expanding=True)),
+                  AdminNotice.schedule_id.in_(bindparam("schedules", expanding=True)))
+           .returning(AdminNotice.org_id, AdminNotice.schedule_id))
 
 
 class AdminNoticeRepository:
@@ -46,3 +53,13 @@ class AdminNoticeRepository:
             where=AdminNotice.last_notified_at <= now - every,
         ).returning(AdminNotice.id)
         return self.session.execute(stmt).first() is not None
+
+    def forget(self, pairs: t.Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Forget every notice of the ``(org, schedule)`` pairs (so a new problem is told at
+        once): one indexed ``DELETE``, no commit. Returns the pairs that had a notice."""
+        if not pairs:
+            return set()
+        cleared = self.session.execute(_FORGET, {
+            "orgs": sorted({org for org, _ in pairs}),
+            "schedules": sorted({schedule for _, schedule in pairs})})
+        return {(org, schedule) for org, schedule in cleared if (org, schedule) in pairs}

@@ -1,0 +1,54 @@
+"""What deliveries leave behind in the worker's memory."""
+from __future__ import annotations
+
+import gc
+import typing as t
+
+import pytest
+
+from delivery_helpers import connect, deliveries, fail_scan, schedule, work
+from factories import GLOBEX, ApiActions
+
+#: One lane each: (org, channel).
+LANES = (("acme", "C0ALERTS"), ("acme", "C0DRIFT"), ("globex", "C0GLBX01"))
+
+
+@pytest.fixture
+def app(make_app: t.Callable[..., t.Any]) -> t.Any:
+    # Unpaced, no digests: each burst of the in-process worker delivers everything queued.
+    return make_app(SLACK_CHANNEL_RATE="100000 per second", SLACK_DIGEST_MIN=0)
+
+
+def test_deliveries_leave_nothing_for_the_cycle_collector(
+        actions: ApiActions, app: t.Any, db: t.Any) -> None:
+    """What a delivery builds is freed when it is done, not left in reference cycles until
+    Python's next full collection: such garbage (an ORM state and its attribute views, a
+    statement's bound parameters, per delivery) piled up between collections and raised the
+    worker's high-water memory for good. Covers a thread's parent, a reply, its parent's edit,
+    and the drain's claims."""
+    connect(actions)
+    connect(actions, "globex", team=GLOBEX)
+    schedules = [schedule(actions, slug, name=f"Nightly {channel}", channel=channel)
+                 for slug, channel in LANES]
+    for schedule_id in schedules:
+        fail_scan(actions, schedule_id)
+    work(app)   # the first deliveries fill the caches (compiled statements, plans)
+    for schedule_id in schedules * 2:
+        fail_scan(actions, schedule_id)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        work(app)
+        gc.collect()
+        ours = [type(found) for found in gc.garbage
+                if type(found).__module__.startswith(("sqlalchemy", "driftwise_slack"))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    rows = deliveries(db)
+    # Parents, replies and the parents' edits (an edit overtaken by a newer one is skipped).
+    assert {row["status"] for row in rows} <= {"sent", "skipped"}
+    assert sum(row["status"] == "sent" for row in rows) > 3 * len(LANES)
+    assert ours == []
