@@ -36,6 +36,56 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _allocators() -> dict[str, int]:
+    """What Python's object allocator and glibc's malloc hold, from their own statistics
+    (``sys._debugmallocstats`` and ``malloc_info``): which of the two an RSS growth is in."""
+    import ctypes
+    import re
+    import tempfile
+
+    found: dict[str, int] = {}
+    with tempfile.TemporaryFile() as fh:
+        saved = os.dup(2)
+        os.dup2(fh.fileno(), 2)
+        try:
+            sys._debugmallocstats()   # writes to the C stderr
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        fh.seek(0)
+        text = fh.read().decode("ascii", "replace")
+    for name, pattern in (("py_arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+                          ("py_used", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+                          ("py_free", r"# bytes in available blocks\s*=\s*([\d,]+)")):
+        match = re.search(pattern, text)
+        if match:
+            found[name] = int(match.group(1).replace(",", ""))
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile() as fh:
+        stream = libc.fopen(fh.name.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        info = fh.read().decode("ascii", "replace")
+    tail = info[info.rfind("</heap>"):]
+    for kind in ("fast", "rest"):
+        match = re.search(rf'<total type="{kind}" count="\d+" size="(\d+)"', tail)
+        if match:
+            found[f"c_free_{kind}"] = int(match.group(1))
+    for kind in ("current", "max"):
+        match = re.search(rf'<system type="{kind}" size="(\d+)"', tail)
+        if match:
+            found[f"c_system_{kind}"] = int(match.group(1))
+    match = re.search(r'<total type="mmap" count="(\d+)" size="(\d+)"', tail)
+    if match:
+        found["c_mmap"] = int(match.group(2))
+    found["c_arenas"] = info.count("<heap nr=")
+    return found
+
+
 def worker_main() -> None:
     """Run ``flask --app wsgi slack worker`` under tracemalloc; SIGUSR2 writes a snapshot."""
     out = os.environ[OUT_ENV]
@@ -57,7 +107,7 @@ def worker_main() -> None:
     def figures(_signum: int, _frame: t.Any) -> None:
         traced, _peak = tracemalloc.get_traced_memory()
         with open(os.path.join(out, "figures.jsonl"), "a", encoding="ascii") as fh:
-            fh.write(json.dumps({"rss": _rss(), "traced": traced}) + "\n")
+            fh.write(json.dumps({"rss": _rss(), "traced": traced, **_allocators()}) + "\n")
 
     signal.signal(signal.SIGUSR2, dump)
     signal.signal(signal.SIGUSR1, figures)
@@ -76,6 +126,24 @@ def _wait(path: str, timeout: float = 120.0) -> dict[str, int]:
     time.sleep(0.2)
     with open(path, encoding="ascii") as fh:
         return t.cast(dict[str, int], json.load(fh))
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Resident bytes of process ``pid`` by kind of mapping: the main heap, anonymous mappings
+    (thread arenas, Python's own arenas, large blocks), stacks, files (libraries)."""
+    kinds: dict[str, int] = {}
+    kind = "anon"
+    with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else ""
+                kind = ("heap" if name == "[heap]" else "stack" if name.startswith("[stack")
+                        else "anon" if not name else "other" if name.startswith("[")
+                        else "file")
+            elif head and head[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0) + int(head[1]) * 1024
+    return kinds
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
@@ -114,6 +182,9 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             if mark and mark not in marks:
                 marks.append(mark)
                 os.kill(pid, signal.SIGUSR1)
+                print(f"  ~{mark:>6,}: " + ", ".join(
+                    f"{kind} {rss / MIB:.2f}" for kind, rss in sorted(smaps(pid).items())),
+                    flush=True)
             if done >= args.first and not snaps:
                 os.kill(pid, signal.SIGUSR2)
                 snaps.append(_wait(os.path.join(out, "snap-1.json")) | {"done": done})
@@ -132,7 +203,10 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             for mark, line in zip(marks, fh, strict=False):
                 row = json.loads(line)
                 print(f"  ~{mark:>6,}: RSS {row['rss'] / MIB:7.2f} MiB, "
-                      f"traced {row['traced'] / MIB:7.2f} MiB")
+                      f"traced {row['traced'] / MIB:7.2f} MiB, " + ", ".join(
+                          f"{key} {value / MIB:.2f}" if "arenas" not in key else
+                          f"{key} {value}" for key, value in row.items()
+                          if key not in ("rss", "traced")))
         for snap in snaps:
             print(f"snapshot at {snap['done']:,}: RSS {snap['rss'] / MIB:.2f} MiB, traced "
                   f"{snap['traced'] / MIB:.2f} MiB, tracemalloc's own "
