@@ -10,13 +10,15 @@ from sqlalchemy import (
     Integer,
     String,
     any_,
+    bindparam,
+    cast,
     column,
     func,
     literal_column,
     select,
     text,
-    values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -99,12 +101,17 @@ class DeliveryRows:
     def _matched(self, rows: t.Sequence[t.Sequence[t.Any]],
                  names: tuple[str, ...]) -> t.Iterator[t.Any]:
         """Columns to match a batch of tuples against in an UPDATE: on PostgreSQL the columns of
-        one ``VALUES`` list joined in (one statement for the batch); elsewhere (SQLite, which
-        has no column aliases on ``VALUES``) each tuple's values in turn, one statement each."""
+        one ``unnest`` of an array per column joined in (one statement for the batch, the same
+        whatever its size: compiled once and cached, where a ``VALUES`` list of the batch's
+        tuples was compiled anew, two bound parameters a tuple, for every batch); elsewhere
+        (SQLite) each tuple's values in turn, one statement each."""
         if self.session.get_bind().dialect.name == "postgresql":
-            types = {"id": Integer}
-            table = values(*(column(name, types.get(name, String)) for name in names),
-                           name="batch").data([tuple(row) for row in rows])
+            types = {name: Integer if name == "id" else String for name in names}
+            arrays = [cast(bindparam(f"batch_{name}", [row[i] for row in rows]),
+                           ARRAY(types[name])) for i, name in enumerate(names)]
+            table = (func.unnest(*arrays)
+                     .table_valued(*(column(name, types[name]) for name in names))
+                     .render_derived(name="batch"))
             yield table.c
             return
         for row in rows:
