@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import typing as t
 
 from . import common
 from .env import QUEUE, UNPACED, Bench
@@ -23,14 +24,14 @@ may deliver further rows beside its own, so RQ's job count is not the delivery c
 peak RSS, RSS once the first 2,000 were delivered and once all were, and the growth between
 those two. The run is long enough for the rows at the back of the backlog to outlive their
 60-second queue lease, so the worker's sweeper thread also extends leases meanwhile, as it would
-in production. A second check runs the delivery path alone (an in-process `SimpleWorker` in the
-benchmark process, no sweeper) and compares RSS after a quarter and after all of its deliveries
+in production. A second check runs the delivery path alone (an in-process `SimpleWorker` in a fresh
+process of its own, no sweeper) and compares RSS after a quarter and after all of its deliveries
 (queued in two parts: a quarter, then the rest).
 
 **Web worker:** RSS of each of the 2 sync gunicorn workers in benchmark 5 (API latency), sampled
 after its warm-up and after each wrk run, with the number of requests served so far. Reported:
 peak RSS, RSS after about the first 1,000 requests and after the last run, and the growth.
-Growth of at most {TOLERANCE_MIB:.0f} MiB counts as none (allocator noise). One round: a single
+Growth of at most {TOLERANCE_MIB:.1f} MiB counts as none (allocator noise). One round: a single
 long run is what shows growth."""
 
 
@@ -87,10 +88,8 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
     alone = (after - before) / MIB
     out.metric(f"delivery path alone (in-process SimpleWorker, no sweeper): growth from "
                f"delivery {check // 4:,} to {check:,}", [alone], "MiB")
-    alone_note = ("The delivery path alone, in an already warm process, shows no growth (the "
-                  "in-process row)." if alone <= TOLERANCE_MIB else
-                  f"The delivery path alone grew {alone:.2f} MiB over its {check:,} deliveries "
-                  "in this process (the in-process row).")
+    alone_note = (f"The delivery path alone (the in-process row) grew {alone:+.2f} MiB from "
+                  f"its {check // 4:,}th to its {check:,}th delivery.")
     marks = {}
     for done, rss, _ in samples:
         step = done // 2000 * 2000
@@ -98,21 +97,15 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
             marks[step] = rss
     out.notes.append("Worker RSS by deliveries done: " + ", ".join(
         f"{step:,}: {rss / MIB:.1f} MiB" for step, rss in sorted(marks.items())) + ".")
+    out.notes.append(alone_note)
     if growth > TOLERANCE_MIB:
         settled = next((step for step, rss in sorted(marks.items())
                         if (last - rss) / MIB <= TOLERANCE_MIB / 2), None)
         if settled is not None and settled < n:
             out.notes.append(
-                f"What explains the worker's growth: it all happens before delivery {settled:,}; "
-                f"from there to {n:,} RSS stays within {TOLERANCE_MIB / 2:.1f} MiB — a plateau "
-                "that a fresh worker process reaches while its caches fill (SQLAlchemy's "
-                "compiled-statement cache, connection pools, RQ and logging state) and the "
-                "allocator keeps its arenas, not memory kept per delivery. " + alone_note)
-        else:
-            out.notes.append(
-                alone_note + " What else the worker does: its sweeper, which, once "
-                f"the backlog outlives its {LEASE}-second queue leases, reads the rows whose "
-                "lease lapsed, a batch at a time, every 5 s to extend them.")
+                f"The worker's growth happens before delivery {settled:,}; from there to {n:,} "
+                f"RSS stays within {TOLERANCE_MIB / 2:.2f} MiB. Where it sits (Python's object "
+                "arenas or the C heap): `python -m benchmarks.memtrace`.")
     out.notes.append(f"Worker: {n:,} deliveries took {elapsed:.0f} s "
                      f"({fmt(n / elapsed, 'deliveries/s')}); RSS before the first job "
                      f"{samples[0][1] / MIB:.1f} MiB.")
@@ -122,29 +115,52 @@ def run(bench: Bench, opts: common.Options) -> Outcome:
 
 
 def _in_process(bench: Bench, n: int) -> tuple[int, int]:
-    """RSS of this process after ``n // 4`` and after ``n`` deliveries on an in-process
-    SimpleWorker (burst): the delivery path without the worker's sweeper thread."""
-    import psutil
-    from rq import Queue, SimpleWorker
-
-    from driftwise_slack.runtime import get_runtime
+    """RSS of a fresh process of its own after ``n // 4`` and after ``n`` deliveries on an
+    in-process SimpleWorker (burst): the delivery path without the worker's sweeper thread.
+    Its own process, so what the benchmark process frees or keeps meanwhile does not count."""
+    import multiprocessing
 
     bench.clean()
     pairs = bench.spread(n)
-    me = psutil.Process()
-    with bench.app.app_context():
-        runtime = get_runtime(bench.app)
-        queue = Queue(QUEUE, connection=runtime.redis)
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_delivery_path, args=(theirs, dict(bench.config)))
+    child.start()
+    try:
         bench.queue_bulk(pairs[:n // 4])
-        SimpleWorker([queue], connection=runtime.redis).work(burst=True, logging_level="WARNING")
-        before = me.memory_info().rss
+        ours.send("work")
+        before = ours.recv()
         bench.queue_bulk(pairs[n // 4:])
-        SimpleWorker([queue], connection=runtime.redis).work(burst=True, logging_level="WARNING")
-        after = me.memory_info().rss
+        ours.send("work")
+        after = ours.recv()
+        ours.send("stop")
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
     if bench.statuses().get("sent") != n:
         raise RuntimeError(f"in-process check: expected {n} sent, got {bench.statuses()}")
     bench.clean()
     return before, after
+
+
+def _delivery_path(conn: t.Any, config: dict[str, t.Any]) -> None:
+    """The child of :func:`_in_process`: on each "work", deliver what is queued (a burst of an
+    in-process SimpleWorker) and answer its RSS; "stop" ends it."""
+    import psutil
+    from rq import Queue, SimpleWorker
+
+    from driftwise_slack.reference_host import create_app
+    from driftwise_slack.runtime import get_runtime
+
+    app = create_app(config)
+    with app.app_context():
+        runtime = get_runtime(app)
+        queue = Queue(QUEUE, connection=runtime.redis)
+        while conn.recv() == "work":
+            SimpleWorker([queue], connection=runtime.redis).work(burst=True,
+                                                                  logging_level="WARNING")
+            conn.send(psutil.Process().memory_info().rss)
 
 
 def sample_web(bench: Bench, master_pid: int, served: int) -> None:
