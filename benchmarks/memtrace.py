@@ -150,6 +150,9 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memtrace", description=__doc__)
     parser.add_argument("n", nargs="?", type=int, default=10_000)
     parser.add_argument("--first", type=int, default=2000)
+    parser.add_argument("--first-after", type=float, default=None, metavar="SECONDS",
+                        help="take the first snapshot this long after the start instead "
+                             "(e.g. just before the queue leases lapse, 60 s in)")
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--env", action="append", default=[], help="K=V for the worker")
@@ -185,10 +188,12 @@ def main(argv: t.Sequence[str] | None = None) -> int:
                 print(f"  ~{mark:>6,}: " + ", ".join(
                     f"{kind} {rss / MIB:.2f}" for kind, rss in sorted(smaps(pid).items())),
                     flush=True)
-            if done >= args.first and not snaps:
+            due = (time.time() - start >= args.first_after if args.first_after is not None
+                   else done >= args.first)
+            if due and not snaps:
                 os.kill(pid, signal.SIGUSR2)
                 snaps.append(_wait(os.path.join(out, "snap-1.json")) | {"done": done})
-            if done >= args.n:
+            if done >= args.n and snaps:
                 break
             if not workers[0].running:
                 raise RuntimeError(workers[0].log_tail())
