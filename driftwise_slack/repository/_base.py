@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import typing as t
 
 from sqlalchemy import (
     Integer,
+    Interval,
     String,
     any_,
     bindparam,
@@ -28,6 +30,14 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
+
+#: Built once: each new instance of a decorated type makes itself a comparator *class* on first
+#: use, garbage only a full collection frees (a sweep made one per batch).
+_LEASE_KEY = literal_column(LEASE_KEY_SQL, UTCDateTime())
+#: The database's clock, and a time ahead of it, built once for the same reason (a function
+#: and a sum each make themselves a comparator on first use, left in a reference cycle).
+_DB_NOW = func.statement_timestamp()
+_DB_LATER = _DB_NOW + bindparam("later_by", type_=Interval())
 
 
 def _dialect_insert(session: Session) -> t.Any:
@@ -75,8 +85,15 @@ class DeliveryRows:
         thing. Other databases (the single-process SQLite demo) get ``fallback`` or this
         process's clock."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return func.statement_timestamp()
+            return _DB_NOW
         return fallback or utcnow()
+
+    def later(self, seconds: float) -> tuple[t.Any, dict[str, t.Any]]:
+        """``seconds`` from :meth:`now`, with the parameters to run it with (PostgreSQL: one
+        expression built once, the interval a parameter)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return _DB_LATER, {"later_by": dt.timedelta(seconds=seconds)}
+        return utcnow() + dt.timedelta(seconds=seconds), {}
 
     def clock(self) -> dt.datetime:
         """The database's current time (this process's where the database has no clock)."""
@@ -96,26 +113,21 @@ class DeliveryRows:
     def _lease_key() -> t.Any:
         """``LEASE_KEY_SQL`` as written in the index (a literal; typed, so that the time it is
         compared with is bound as one)."""
-        return literal_column(LEASE_KEY_SQL, UTCDateTime())
+        return _LEASE_KEY
 
-    def _matched(self, rows: t.Sequence[t.Sequence[t.Any]],
-                 names: tuple[str, ...]) -> t.Iterator[t.Any]:
-        """Columns to match a batch of tuples against in an UPDATE: on PostgreSQL the columns of
-        one ``unnest`` of an array per column joined in (one statement for the batch, the same
-        whatever its size: compiled once and cached, where a ``VALUES`` list of the batch's
-        tuples was compiled anew, two bound parameters a tuple, for every batch); elsewhere
-        (SQLite) each tuple's values in turn, one statement each."""
+    def _matched(self, rows: t.Sequence[t.Sequence[t.Any]], names: tuple[str, ...]
+                 ) -> t.Iterator[tuple[t.Any, dict[str, t.Any]]]:
+        """Columns to match a batch of tuples against in an UPDATE, with the parameters to run
+        it with. On PostgreSQL one pair: the columns of an ``unnest`` of one array per column
+        (built once per set of names, so the statement is the same whatever the batch's size:
+        compiled once and cached) and the arrays. Elsewhere (SQLite) each tuple's values in
+        turn and no parameters, one statement each."""
         if self.session.get_bind().dialect.name == "postgresql":
-            types = {name: Integer if name == "id" else String for name in names}
-            arrays = [cast(bindparam(f"batch_{name}", [row[i] for row in rows]),
-                           ARRAY(types[name])) for i, name in enumerate(names)]
-            table = (func.unnest(*arrays)
-                     .table_valued(*(column(name, types[name]) for name in names))
-                     .render_derived(name="batch"))
-            yield table.c
+            yield _unnest(names), {f"batch_{name}": [row[i] for row in rows]
+                                   for i, name in enumerate(names)}
             return
         for row in rows:
-            yield dict(zip(names, row, strict=True))
+            yield dict(zip(names, row, strict=True)), {}
 
     def _id_in(self, ids: t.Any) -> ColumnElement[bool]:
         """``id`` in the subquery ``ids``, written so PostgreSQL looks each id up by primary
@@ -124,3 +136,14 @@ class DeliveryRows:
         if self.session.get_bind().dialect.name == "postgresql":
             return Delivery.id == any_(func.array(ids))
         return Delivery.id.in_(ids)
+
+
+@functools.cache
+def _unnest(names: tuple[str, ...]) -> t.Any:
+    """The columns of ``unnest(:batch_<name>, ...) AS batch(<names>)``: ``id`` an integer
+    array, the others text arrays. Built once per set of names (each build leaves its column
+    collections in reference cycles)."""
+    types = {name: Integer if name == "id" else String for name in names}
+    arrays = [cast(bindparam(f"batch_{name}"), ARRAY(types[name])) for name in names]
+    return (func.unnest(*arrays).table_valued(*(column(name, types[name]) for name in names))
+            .render_derived(name="batch").c)

@@ -169,15 +169,17 @@ class DeliveryLeases(DeliveryRows):
         if not pairs:
             return 0
         db_now = self.now()
+        until, until_params = self.later(seconds)
         changed = 0
-        for chunk in self._matched(pairs, ("id", "job_id")):
+        for chunk, params in self._matched(pairs, ("id", "job_id")):
             stmt = (update(Delivery)
                     .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
                            Delivery.status == DeliveryStatus.QUEUED.value,
                            Delivery.lease_until < db_now)
-                    .values(lease_until=db_now + dt.timedelta(seconds=seconds))
+                    .values(lease_until=until)
                     .execution_options(synchronize_session=False))
-            changed += int(getattr(self.session.execute(stmt), "rowcount", 0) or 0)
+            result = self.session.execute(stmt, params | until_params)
+            changed += int(getattr(result, "rowcount", 0) or 0)
         return changed
 
     def take_for_requeue(self, triples: t.Sequence[tuple[int, str | None, str]], *,
@@ -191,20 +193,22 @@ class DeliveryLeases(DeliveryRows):
         if not triples:
             return []
         db_now = self.now()
+        until, until_params = self.later(seconds)
         lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
         if resync:
             lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
         taken: list[tuple[int, str]] = []
-        for chunk in self._matched(triples, ("id", "seen", "new")):
+        for chunk, params in self._matched(triples, ("id", "seen", "new")):
             stmt = (update(Delivery)
                     .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
                            Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
                     .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
-                            lease_until=db_now + dt.timedelta(seconds=seconds),
+                            lease_until=until,
                             updated_at=db_now)
                     .returning(Delivery.id, Delivery.job_id)
                     .execution_options(synchronize_session=False))
-            taken += [(int(found[0]), str(found[1])) for found in self.session.execute(stmt)]
+            taken += [(int(found[0]), str(found[1]))
+                      for found in self.session.execute(stmt, params | until_params)]
         return taken
 
     def park_lane(self, *, org_id: str, channel: str | None, until: dt.datetime,
@@ -229,7 +233,7 @@ class DeliveryLeases(DeliveryRows):
         parked: list[tuple[int, str, str | None]] = []
         triples = [(row[0], row[1], new_job_id(row[0])) for row in found]
         seen = {row[0]: row[1] for row in found}
-        for chunk in self._matched(triples, ("id", "seen", "new")):
+        for chunk, params in self._matched(triples, ("id", "seen", "new")):
             stmt = (update(Delivery)
                     .where(Delivery.id == chunk["id"],
                            Delivery.status == DeliveryStatus.QUEUED.value,
@@ -238,7 +242,7 @@ class DeliveryLeases(DeliveryRows):
                     .returning(Delivery.id, Delivery.job_id)
                     .execution_options(synchronize_session=False))
             parked += [(int(row[0]), str(row[1]), seen[int(row[0])])
-                       for row in self.session.execute(stmt)]
+                       for row in self.session.execute(stmt, params)]
         return parked
 
     def due(self, *, now: dt.datetime, limit: int = 500) -> list[Delivery]:
