@@ -5,8 +5,11 @@ import gc
 import typing as t
 
 import pytest
+import sqlalchemy as sa
+from rq.job import Job
 
 from delivery_helpers import connect, deliveries, fail_scan, schedule, work
+from driftwise_slack.runtime import get_runtime
 from factories import GLOBEX, ApiActions
 
 #: One lane each: (org, channel).
@@ -17,6 +20,22 @@ LANES = (("acme", "C0ALERTS"), ("acme", "C0DRIFT"), ("globex", "C0GLBX01"))
 def app(make_app: t.Callable[..., t.Any]) -> t.Any:
     # Unpaced, no digests: each burst of the in-process worker delivers everything queued.
     return make_app(SLACK_CHANNEL_RATE="100000 per second", SLACK_DIGEST_MIN=0)
+
+
+def _saved_cycles(run: t.Callable[[], t.Any]) -> list[type]:
+    """Types of ours (SQLAlchemy's, the package's) that ``run`` left in reference cycles."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run()
+        gc.collect()
+        return [type(found) for found in gc.garbage
+                if type(found).__module__.startswith(("sqlalchemy", "driftwise_slack"))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def test_deliveries_leave_nothing_for_the_cycle_collector(
@@ -35,20 +54,33 @@ def test_deliveries_leave_nothing_for_the_cycle_collector(
     work(app)   # the first deliveries fill the caches (compiled statements, plans)
     for schedule_id in schedules * 2:
         fail_scan(actions, schedule_id)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        work(app)
-        gc.collect()
-        ours = [type(found) for found in gc.garbage
-                if type(found).__module__.startswith(("sqlalchemy", "driftwise_slack"))]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    ours = _saved_cycles(lambda: work(app))
     rows = deliveries(db)
     # Parents, replies and the parents' edits (an edit overtaken by a newer one is skipped).
     assert {row["status"] for row in rows} <= {"sent", "skipped"}
     assert sum(row["status"] == "sent" for row in rows) > 3 * len(LANES)
     assert ours == []
+
+
+def test_a_sweep_leaves_nothing_for_the_cycle_collector(
+        actions: ApiActions, app: t.Any, db: t.Any) -> None:
+    """Likewise the sweeper's batches (read, Redis check, lease extension, hand-over to new
+    jobs), which a backlog that outlives its queue leases runs every few seconds."""
+    connect(actions)
+    for channel in ("C0ALERTS", "C0DRIFT"):
+        fail_scan(actions, schedule(actions, name=f"Nightly {channel}", channel=channel))
+    runner = app.test_cli_runner()
+
+    def sweep() -> str:
+        db.execute(sa.text("UPDATE slack_deliveries SET lease_until = now() - interval '1 s'"))
+        db.commit()
+        result = runner.invoke(args=["slack", "requeue"])
+        assert result.exit_code == 0, result.output
+        return t.cast(str, result.output.strip().splitlines()[-1])
+
+    assert sweep() == '{"requeued": 0, "extended": 2}'   # the first fills the caches
+    # One row's job vanished from Redis: the sweep hands that row to a new job.
+    Job.fetch(deliveries(db)[0]["job_id"], connection=get_runtime(app).redis).delete()
+    answers: list[str] = []
+    assert _saved_cycles(lambda: answers.append(sweep())) == []
+    assert answers == ['{"requeued": 1, "extended": 1}']
