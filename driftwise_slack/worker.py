@@ -8,7 +8,9 @@ housekeeping, and a third moves jobs due to the millisecond (pacing waits) to th
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import functools
 import logging
 import sys
 import threading
@@ -123,6 +125,8 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
             pass
     finally:
         session.close()
+    if requeued or extended:
+        give_back_memory()
     if requeued or released:
         log.warning("sweeper re-queued %s delivery(ies), released %s overdue job(s)",
                     requeued, released)
@@ -130,6 +134,25 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
     if released:   # only then: the usual answer keeps its shape
         counts["released"] = released
     return counts
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). A sweep over a backlog whose queue leases lapsed is the worker's one burst whose
+    size follows the backlog: its batches come and go, but the allocator keeps the pages they
+    used (about half a MiB after a first sweep of 10k rows, measured), so the worker would
+    otherwise stay that much larger for good. Takes well under a millisecond."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> t.Any:
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:   # no C library to ask (not seen on Linux)
+        return None
 
 
 def housekeeping(deps: Deps) -> dict[str, int]:
@@ -145,6 +168,8 @@ def housekeeping(deps: Deps) -> dict[str, int]:
         session.commit()
     finally:
         session.close()
+    if pruned:   # batches of rows came and went (see give_back_memory)
+        give_back_memory()
     return {"nonces_purged": nonces, "events_purged": events, "deliveries_pruned": pruned}
 
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from rq.job import Job
 
 from delivery_helpers import connect, deliveries, fail_scan, schedule, work
+from driftwise_slack import worker
 from driftwise_slack.runtime import get_runtime
 from factories import GLOBEX, ApiActions
 
@@ -84,3 +85,23 @@ def test_a_sweep_leaves_nothing_for_the_cycle_collector(
     answers: list[str] = []
     assert _saved_cycles(lambda: answers.append(sweep())) == []
     assert answers == ['{"requeued": 1, "extended": 1}']
+
+
+def test_a_sweep_that_changed_rows_gives_free_memory_back(
+        actions: ApiActions, app: t.Any, db: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a sweep that extended or handed over rows (a burst whose size follows the
+    backlog) the worker hands the C heap's free pages back; an idle sweep does not bother."""
+    worker.give_back_memory()   # the real call works here (glibc)
+    calls: list[None] = []
+    monkeypatch.setattr(worker, "give_back_memory", lambda: calls.append(None))
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["slack", "requeue"]).output.strip().endswith(
+        '{"requeued": 0, "extended": 0}')
+    assert calls == []
+    db.execute(sa.text("UPDATE slack_deliveries SET lease_until = now() - interval '1 s'"))
+    db.commit()
+    assert runner.invoke(args=["slack", "requeue"]).output.strip().endswith(
+        '{"requeued": 0, "extended": 1}')
+    assert calls == [None]
