@@ -38,6 +38,7 @@ _LEASE_KEY = literal_column(LEASE_KEY_SQL, UTCDateTime())
 #: and a sum each make themselves a comparator on first use, left in a reference cycle).
 _DB_NOW = func.statement_timestamp()
 _DB_LATER = _DB_NOW + bindparam("later_by", type_=Interval())
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def _dialect_insert(session: Session) -> t.Any:
@@ -105,9 +106,14 @@ class DeliveryRows:
     def commit_fast(self) -> None:
         """Commit without waiting for the WAL flush (PostgreSQL). Only for writes whose loss in a
         database crash is harmless: a lost claim or reschedule just lets the sweeper retry."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        self._no_flush_wait()
         self.session.commit()
+
+    def _no_flush_wait(self) -> None:
+        """Let the current transaction commit without waiting for the WAL flush (PostgreSQL;
+        elsewhere nothing). Only for writes whose loss in a database crash is harmless."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(_NO_FLUSH_WAIT)
 
     @staticmethod
     def _lease_key() -> t.Any:

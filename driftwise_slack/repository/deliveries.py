@@ -210,7 +210,7 @@ class DeliveryRepository(DeliveryLeases):
             return
         since: t.Any = "-infinity"
         while True:
-            self.session.execute(text("SET LOCAL synchronous_commit = off"))
+            self._no_flush_wait()
             deleted, newest = self.session.execute(_PRUNE_BATCH_SQL, {
                 "older_than": older_than, "since": since, "batch": batch_size}).one()
             since = newest if newest is not None else since
