@@ -105,3 +105,25 @@ def test_a_sweep_that_changed_rows_gives_free_memory_back(
     assert runner.invoke(args=["slack", "requeue"]).output.strip().endswith(
         '{"requeued": 0, "extended": 1}')
     assert calls == [None]
+
+
+def test_without_a_c_library_to_ask_nothing_is_given_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no glibc (``CDLL`` fails, or has no ``malloc_trim``), handing memory back
+    does nothing and never raises."""
+    import ctypes
+
+    def no_library(_name: t.Any) -> t.Any:
+        raise OSError("no C library")
+
+    try:
+        worker._malloc_trim.cache_clear()
+        monkeypatch.setattr(ctypes, "CDLL", no_library)
+        assert worker._malloc_trim() is None
+        worker.give_back_memory()
+        worker._malloc_trim.cache_clear()
+        monkeypatch.setattr(ctypes, "CDLL", lambda _name: object())   # no such symbol
+        assert worker._malloc_trim() is None
+        worker.give_back_memory()
+    finally:
+        worker._malloc_trim.cache_clear()
