@@ -40,6 +40,21 @@ def settled(db: t.Any) -> bool:
     return bool(rows) and all(r["status"] in ("sent", "skipped", "failed") for r in rows)
 
 
+def _where_things_stand(db: t.Any, slack: EmulatorClient) -> str:
+    """Every delivery row, the streaks and the parent's text, for a failure message."""
+    rows = [{key: row[key] for key in ("id", "event_type", "status", "reason", "slack_error",
+                                      "job_id", "attempts",
+                                      "not_before", "lease_until", "updated_at")}
+            for row in deliveries(db)]
+    streaks = [dict(found._mapping) for found in db.execute(sa.text(
+        "SELECT id, version, edited_version, recovered_at, parent_ts, disabled, failures "
+        "FROM slack_streaks"))]
+    db.rollback()
+    parent = threads(slack)[0]["blocks"][0]["text"]["text"]
+    return (f"rows: {rows}\nstreaks: {streaks}\nparent: {parent[:300]!r}\n"
+            f"chat.update calls: {slack.count('chat.update')}")
+
+
 def everything_said(message: dict[str, t.Any]) -> str:
     return "\n".join(text for _kind, text in texts(SlackMessage(text=message["text"],
                                                                  blocks=message["blocks"])))
@@ -90,8 +105,11 @@ def test_a_streak_threads_its_failures_keeps_its_parent_current_and_recovers(
                       message="the fourth failure and its edit")
     posts = slack.count("chat.postMessage")
     assert actions.cli("succeed-scan", str(schedule_id))["consecutive_failures"] == 0
-    worker.wait_until(lambda: "Recovered" in threads(slack)[0]["blocks"][0]["text"]["text"],
-                      timeout=20, message="the parent edited to say recovered")
+    try:
+        worker.wait_until(lambda: "Recovered" in threads(slack)[0]["blocks"][0]["text"]["text"],
+                          timeout=20, message="the parent edited to say recovered")
+    except TimeoutError as exc:   # seen rarely under load: say what the rows and streak show
+        raise AssertionError(f"{exc}\n{_where_things_stand(db, slack)}") from None
     [parent] = threads(slack)
     assert len(parent["replies"]) == 4
     assert slack.count("chat.postMessage") == posts, "a recovery posts nothing"
