@@ -17,7 +17,7 @@ from .models import Delivery, DeliveryStatus, utcnow
 from .queue import enqueue_delivery, get_queue
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, SessionTransaction
 
     from .deps import Deps
 
@@ -28,19 +28,27 @@ _PENDING = "driftwise_slack.pending_enqueues"
 
 def enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str, *,
                            delay: float = 0.0) -> None:
-    """Queue after the commit of ``deps.session`` (due ``delay`` seconds later); forget it if
-    that session rolls back."""
+    """Queue after ``deps.session``'s transaction commits (due ``delay`` seconds later); forget
+    it if the transaction, or the savepoint it was asked for in, rolls back.
+
+    Only the outermost commit queues: SQLAlchemy also reports the release of a savepoint
+    (``begin_nested``) as a commit, and a job queued then could run, and find no row, before
+    the transaction that holds the row commits."""
     db = deps.session
-    db.info.setdefault(_PENDING, []).append((deps, delivery_id, job_id, delay))
+    asked_in = db.get_nested_transaction() or db.get_transaction()
+    db.info.setdefault(_PENDING, []).append((asked_in, deps, delivery_id, job_id, delay))
     if not sa_event.contains(db, "after_commit", _drain):
         sa_event.listen(db, "after_commit", _drain)
-        sa_event.listen(db, "after_rollback", _discard)
+        sa_event.listen(db, "after_soft_rollback", _discard)
+        sa_event.listen(db, "after_transaction_end", _forget_unfinished)
 
 
 def _drain(db: Session) -> None:
+    if db.in_nested_transaction():   # a savepoint released: nothing is committed yet
+        return
     pending = db.info.pop(_PENDING, [])
     now: dict[int, tuple[Deps, list[tuple[int, str]]]] = {}
-    for deps, delivery_id, job_id, delay in pending:
+    for _asked_in, deps, delivery_id, job_id, delay in pending:
         if delay > 0:
             enqueue_after_commit(deps, delivery_id, job_id, delay=delay)
         else:  # due now: one pipeline per Redis for the whole transaction's jobs
@@ -49,8 +57,29 @@ def _drain(db: Session) -> None:
         enqueue_many_after_commit(deps, jobs)
 
 
-def _discard(db: Session) -> None:
-    db.info.pop(_PENDING, None)
+def _discard(db: Session, rolled_back: SessionTransaction) -> None:
+    """Forget what was asked for inside the transaction or savepoint just rolled back."""
+    _keep_outside(db, rolled_back)
+
+
+def _forget_unfinished(db: Session, ended: SessionTransaction) -> None:
+    """A transaction closed without a commit (``Session.close``) queues nothing either."""
+    if ended.parent is None:
+        _keep_outside(db, ended)
+
+
+def _keep_outside(db: Session, transaction: SessionTransaction) -> None:
+    pending = db.info.get(_PENDING)
+    if pending:
+        db.info[_PENDING] = [item for item in pending if not _within(item[0], transaction)]
+
+
+def _within(asked_in: SessionTransaction | None, transaction: SessionTransaction) -> bool:
+    while asked_in is not None:
+        if asked_in is transaction:
+            return True
+        asked_in = asked_in.parent
+    return False
 
 
 def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str, *,

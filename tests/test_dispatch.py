@@ -104,6 +104,43 @@ def test_a_rolled_back_host_transaction_leaves_no_row_and_no_job(
     assert slack.count("chat.postMessage") == 1
 
 
+def test_a_savepoint_queues_nothing_until_the_host_transaction_commits(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    """SQLAlchemy reports a savepoint's release as a commit: a job queued then could run before
+    the row is committed, find nothing to claim and leave the row waiting for the sweeper."""
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    with app.app_context():
+        session = extension.session()
+        with session.begin_nested():
+            extension.dispatch(event(org_id), session=session)
+        assert queued_job_ids(app) == []          # released, not committed
+        with pytest.raises(RuntimeError), session.begin_nested():
+            extension.dispatch(event(org_id, run_id="run-2"), session=session)
+            raise RuntimeError("the host's next step fails; its savepoint rolls back")
+        session.commit()
+        assert len(queued_job_ids(app)) == 1      # the first; the rolled-back one is forgotten
+    work(app)
+
+    assert [(d["run_id"], d["status"]) for d in deliveries(db)] == [("run-1", "sent")]
+    assert slack.count("chat.postMessage") == 1
+
+
+def test_a_session_closed_without_a_commit_queues_nothing_later(
+        actions: ApiActions, app: t.Any, db: t.Any) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    with app.app_context():
+        session = extension.session()
+        extension.dispatch(event(org_id), session=session)
+        session.close()
+        session.commit()
+        assert queued_job_ids(app) == []
+    assert deliveries(db) == []
+
+
 @pytest.fixture
 def own_redis() -> t.Iterator[services.RedisProcess]:
     """A Redis of this test's own, so it can be stopped and started again."""
