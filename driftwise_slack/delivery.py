@@ -31,7 +31,7 @@ from .observe import clear_notices, delivery_recorded
 from .pacing import clamp_wait
 from .parking import park_lane
 from .queue import enqueue_delivery, get_queue, job_id_for
-from .repository import DeliveryRepository, InstallationRepository
+from .repository import DeliveryRepository
 from .tokens import invalidate_workspace, refresh_if_due_and_open
 
 if t.TYPE_CHECKING:
@@ -101,20 +101,21 @@ def deliver_one(deps: Deps, delivery_id: int) -> str:
     deliveries = DeliveryRepository(session)
     now = utcnow()
     job = get_current_job()   # None outside RQ: then any claimable row is ours
-    row = deliveries.claim(delivery_id=delivery_id, now=now, lease_until=now + SEND_LEASE,
-                           job_id=job.id if job is not None else None)
-    if row is None:
-        session.rollback()
+    claimed = deliveries.claim_and_load(delivery_id=delivery_id, now=now,
+                                        lease_until=now + SEND_LEASE,
+                                        job_id=job.id if job is not None else None)
+    if claimed is None:
         log.info("delivery %s already handled, held by another worker or re-queued under "
                  "another job", delivery_id)
         return "not_claimed"
-    deliveries.commit_fast()
-    return deliver_claimed(deps, row)
+    row, installation = claimed
+    return deliver_claimed(deps, row, installation)
 
 
-def deliver_claimed(deps: Deps, row: Delivery) -> str:
-    """Deliver ``row``, claimed (status ``sending`` under a lease, committed) by the caller.
-    Returns the final or interim status, as :func:`deliver_one` does."""
+def deliver_claimed(deps: Deps, row: Delivery, installation: Installation | None) -> str:
+    """Deliver ``row``, claimed (status ``sending`` under a lease, committed) by the caller,
+    with its org's active installation as read at the claim (``None``: Slack is not
+    connected). Returns the final or interim status, as :func:`deliver_one` does."""
     if row.attempts > MAX_CLAIMS:
         return _record(deps, row, _Outcome(
             DeliveryStatus.FAILED, f"Not sent: delivery was started {MAX_CLAIMS} times without "
@@ -133,7 +134,7 @@ def deliver_claimed(deps: Deps, row: Delivery) -> str:
         outcome = _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
                            delay=held + random.uniform(0.1, 1.0), refund=True)
     else:
-        outcome = _attempt(deps, row)
+        outcome = _attempt(deps, row, installation)
     return _record(deps, row, outcome)
 
 
@@ -148,7 +149,7 @@ def _park(deps: Deps, row: Delivery, seconds: float) -> None:
         log.info("parked %s queued delivery(ies) of a rate-limited channel", moved)
 
 
-def _attempt(deps: Deps, row: Delivery) -> _Outcome:
+def _attempt(deps: Deps, row: Delivery, installation: Installation | None) -> _Outcome:
     try:
         allowed = deps.plan_allows_slack(row.org_id)
     except PlanCheckFailed:
@@ -162,7 +163,6 @@ def _attempt(deps: Deps, row: Delivery) -> _Outcome:
     if not allowed:
         return _Outcome(DeliveryStatus.SKIPPED,
                         "Not sent: Slack notifications need the Team or Enterprise plan.")
-    installation = InstallationRepository(deps.session).active(org_id=row.org_id)
     if installation is None:
         return _Outcome(DeliveryStatus.SKIPPED, "Not sent: Slack is not connected.")
     if not installation.valid:

@@ -75,20 +75,20 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
     db = deps.session
     values = delivery_values(event, now=utcnow(), can_enqueue=deps.can_enqueue)
     job_id = values["job_id"]
-    # One statement: the insert, the dedupe and the new id (no select-then-insert race).
-    delivery_id = DeliveryRepository(db).insert_values(values)
+    # One statement: the insert, the dedupe and the new id (no select-then-insert race); on
+    # our own, committed by that statement.
+    repo = DeliveryRepository(db)
+    delivery_id = (repo.insert_values(values) if in_caller_transaction
+                   else repo.insert_values_committed(values))
     if delivery_id is None:
         log.info("duplicate event %s ignored", event.dedupe_key)
         return
     if job_id is None:
-        if not in_caller_transaction:
-            db.commit()
         return
-    if not in_caller_transaction:
-        db.commit()
-        enqueue_after_commit(deps, delivery_id, job_id)
-    else:
+    if in_caller_transaction:
         enqueue_when_committed(deps, delivery_id, job_id)
+    else:
+        enqueue_after_commit(deps, delivery_id, job_id)
 
 
 def dispatch_many(deps: Deps, events: t.Iterable[ScanEvent], *,

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from .delivery import SEND_LEASE, deliver_claimed
 from .queue import drop_jobs, waiting
-from .repository import DeliveryRepository
+from .repository import DeliveryRepository, InstallationRepository
 
 if t.TYPE_CHECKING:
     from .deps import Deps, ThreadDeps
@@ -128,7 +128,8 @@ def _deliver(thread_deps: ThreadDeps, row: Delivery, claimed_at: float) -> bool:
     try:
         with thread_deps() as deps:
             deps.session.add(row)
-            deliver_claimed(deps, row)
+            deliver_claimed(deps, row, InstallationRepository(deps.session).active(
+                org_id=row.org_id))
         return True
     except Exception as exc:   # noqa: BLE001 - one row's failure must not stop the others
         log.error("delivery %s failed in the backlog (%s); the sweeper takes it back when its "

@@ -317,3 +317,90 @@ def test_due_returns_unattended_unfinished_rows_longest_unattended_first(
         assert all(row.digest is False and row.thread_ts is None for row in due)
         assert [row.id for row in DeliveryRepository(session).due(
             now=dt.datetime.now(dt.timezone.utc), limit=2)] == expected[:2]
+
+
+def _queued_row(db: t.Any, org_id: str, *, job_id: str = "job-1") -> int:
+    row_id = db.execute(text("""
+        INSERT INTO slack_deliveries (dedupe_key, org_id, event_type, schedule_id, schedule_name,
+            channel, run_id, error, consecutive_failures, occurred_at, status, attempts, job_id,
+            created_at, updated_at)
+        VALUES (:key, :org, 'scheduled_scan_failed', 's1', 'Nightly', '#alerts', 'r', '', 1,
+                now(), 'queued', 0, :job, now(), now()) RETURNING id"""),
+        {"key": f"k:{org_id}:{job_id}", "org": org_id, "job": job_id}).scalar_one()
+    db.commit()
+    return int(row_id)
+
+
+def _installation(db: t.Any, org_id: str, team_id: str, *, completed: dt.datetime) -> None:
+    db.execute(text("""
+        INSERT INTO slack_installations (org_id, team_id, team_name, scopes, installed_by,
+            token_sealed, created_at, completed_at)
+        VALUES (:org, :team, 'Acme', 'chat:write', 'u1', 'sealed', :at, :at)"""),
+        {"org": org_id, "team": team_id, "at": completed})
+    db.commit()
+
+
+def test_claim_and_load_takes_the_row_and_the_latest_installation_in_one_commit(
+        engine: Engine, db: t.Any) -> None:
+    _installation(db, "org-a", "T-OLD", completed=NOW - dt.timedelta(days=2))
+    _installation(db, "org-a", "T-NEW", completed=NOW)
+    row_id = _queued_row(db, "org-a")
+    statements: list[tuple[str, bool]] = []   # (SQL, in psycopg2's autocommit: no BEGIN)
+    event.listen(engine, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
+        statements.append((sql, conn.connection.dbapi_connection.autocommit))))
+    with Session(engine, expire_on_commit=False) as session:
+        claimed = DeliveryRepository(session).claim_and_load(
+            delivery_id=row_id, now=NOW, lease_until=NOW + dt.timedelta(seconds=45),
+            job_id="job-1")
+        assert claimed is not None
+        row, installation = claimed
+        assert (row.id, row.status, row.attempts) == (row_id, "sending", 1)
+        assert installation is not None and installation.team_id == "T-NEW"
+        [(sql, autocommit)] = statements      # no separate commit or lookup
+        assert autocommit and "set_config" in sql
+        # Committed: another connection sees the claim.
+        assert db.execute(text("SELECT status FROM slack_deliveries WHERE id = :id"),
+                          {"id": row_id}).scalar_one() == "sending"
+        db.commit()
+        # The session's next work is a transaction again: it can be rolled back.
+        session.execute(text("UPDATE slack_deliveries SET reason = 'x' WHERE id = :id"),
+                        {"id": row_id})
+        session.rollback()
+    assert db.execute(text("SELECT reason FROM slack_deliveries WHERE id = :id"),
+                      {"id": row_id}).scalar_one() is None
+    db.commit()
+
+
+def test_claim_and_load_without_an_installation_or_for_another_job(
+        engine: Engine, db: t.Any) -> None:
+    row_id = _queued_row(db, "org-b")
+    with Session(engine, expire_on_commit=False) as session:
+        repo = DeliveryRepository(session)
+        lease = {"now": NOW, "lease_until": NOW + dt.timedelta(seconds=45)}
+        assert repo.claim_and_load(delivery_id=row_id, job_id="a-stale-job", **lease) is None
+        claimed = repo.claim_and_load(delivery_id=row_id, job_id="job-1", **lease)
+        assert claimed is not None and claimed[1] is None
+        assert repo.claim_and_load(delivery_id=row_id, job_id="job-1", **lease) is None
+    assert db.execute(text("SELECT attempts FROM slack_deliveries WHERE id = :id"),
+                      {"id": row_id}).scalar_one() == 1
+    db.commit()
+
+
+def test_insert_values_committed_is_one_durable_statement_on_its_own(
+        engine: Engine, db: t.Any) -> None:
+    values = {"dedupe_key": "k:1", "org_id": "org-c", "event_type": "scheduled_scan_failed",
+              "schedule_id": "s1", "schedule_name": "Nightly", "channel": "#alerts",
+              "run_id": "r1", "error": "", "consecutive_failures": 1, "disable_after": 3,
+              "occurred_at": NOW, "created_at": NOW, "updated_at": NOW, "attempts": 0,
+              "status": "queued", "reason": None, "lease_until": None, "job_id": None}
+    seen: list[tuple[str, bool]] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
+        seen.append((sql, conn.connection.dbapi_connection.autocommit))))
+    with Session(engine) as session:
+        new_id = DeliveryRepository(session).insert_values_committed(values)
+        assert DeliveryRepository(session).insert_values_committed(values) is None   # dedupe
+    assert [autocommit for _sql, autocommit in seen] == [True, True]
+    assert all(sql.lstrip().startswith("INSERT") for sql, _ in seen)
+    # No synchronous_commit change: the row survives a database crash.
+    assert db.execute(text("SELECT id FROM slack_deliveries")).scalars().all() == [new_id]
+    db.commit()

@@ -109,6 +109,18 @@ class DeliveryRows:
         self._no_flush_wait()
         self.session.commit()
 
+    def _on_its_own(self) -> bool:
+        """On PostgreSQL, on a session with no transaction open: make the session's next
+        statement run on its own, committed as it ends (autocommit), and say so. One round
+        trip instead of ``BEGIN``, the statement and ``COMMIT``; the caller's
+        ``session.commit()`` afterwards only hands the connection back (and its usual
+        isolation with it). ``False`` elsewhere: the caller runs and commits as usual."""
+        session = self.session
+        if session.get_bind().dialect.name != "postgresql" or session.in_transaction():
+            return False
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return True
+
     def _no_flush_wait(self) -> None:
         """Let the current transaction commit without waiting for the WAL flush (PostgreSQL;
         elsewhere nothing). Only for writes whose loss in a database crash is harmless."""

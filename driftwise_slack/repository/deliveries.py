@@ -103,6 +103,14 @@ class DeliveryRepository(DeliveryLeases):
         stmt = _insert_stmt(insert)
         return self.session.execute(stmt, dict(values)).scalar_one_or_none()
 
+    def insert_values_committed(self, values: t.Mapping[str, t.Any]) -> int | None:
+        """:meth:`insert_values`, committed (durably) before it returns. On PostgreSQL, on a
+        session with no transaction open, the ``INSERT`` runs on its own: one round trip."""
+        self._on_its_own()
+        new_id = self.insert_values(values)
+        self.session.commit()
+        return new_id
+
     def insert_many_values(self, rows: t.Sequence[t.Mapping[str, t.Any]]) -> dict[str, int]:
         """Insert each row of column values whose ``dedupe_key`` is new, in one multi-row
         ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on PostgreSQL and SQLite: the new ids by

@@ -17,9 +17,11 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import get_history, instance_state, set_committed_value
 
 from ..models import (
@@ -27,10 +29,12 @@ from ..models import (
     UNFINISHED_STATUSES,
     Delivery,
     DeliveryStatus,
+    Installation,
     UTCDateTime,
     utcnow,
 )
 from ._base import DeliveryRows
+from .accounts import InstallationRepository
 
 
 class DeliveryLeases(DeliveryRows):
@@ -53,6 +57,34 @@ class DeliveryLeases(DeliveryRows):
             params.update(claim_now=now, claim_until=lease_until)
         return self.session.scalars(_claim_statement(dialect == "postgresql", job_id is not None),
                                     params).first()
+
+    def claim_and_load(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime,
+                       job_id: str | None = None) -> tuple[Delivery, Installation | None] | None:
+        """:meth:`claim` and commit the row, and load its org's active installation (``None``
+        when there is none): ``None`` when the claim failed, as :meth:`claim`.
+
+        On PostgreSQL, on a session with no transaction open, it is ONE statement run on its
+        own (autocommit): the claim's ``UPDATE .. RETURNING`` as a CTE joined with the
+        installation, committed without waiting for the WAL flush (a lost claim only lets the
+        sweeper retry). The worker does this before every post: one round trip instead of the
+        claim's ``BEGIN``, ``UPDATE``, fast commit and the installation's ``BEGIN`` and
+        ``SELECT``. Elsewhere (SQLite, or inside a transaction) those steps one by one."""
+        session = self.session
+        if not self._on_its_own():
+            row = self.claim(delivery_id=delivery_id, now=now, lease_until=lease_until,
+                             job_id=job_id)
+            if row is None:
+                session.rollback()
+                return None
+            self.commit_fast()
+            return row, _active_installation(session, row.org_id)
+        found = session.execute(_claim_and_load_statement(job_id is not None), {
+            "claim_id": delivery_id, "claim_job": job_id,
+            "claim_lease": lease_until - now}).first()
+        session.commit()   # nothing left to commit: hands the connection back
+        if found is None:
+            return None
+        return found[0], found[1]
 
     def claim_lane_heads(self, *, job_id: str, lease: dt.timedelta, limit: int,
                          window: int = 200) -> list[tuple[Delivery, str | None]]:
@@ -267,9 +299,8 @@ _ROWS_BY_ID = (select(Delivery).where(Delivery.id.in_(bindparam("ids", expanding
                .order_by(Delivery.id).execution_options(populate_existing=True))
 
 
-@functools.cache
-def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
-    """The claim's ``UPDATE .. RETURNING``, built once per kind: building it anew for every
+def _claim_update(on_postgresql: bool, by_job: bool) -> t.Any:
+    """The claim's ``UPDATE``, for statements built once per kind: building it anew for every
     delivery cost more of the worker's time than the database took to run it. On PostgreSQL
     the database's clock; elsewhere the caller's ``now`` and ``lease_until``."""
     if on_postgresql:
@@ -287,9 +318,35 @@ def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
         conditions.append(Delivery.job_id == bindparam("claim_job"))
     return (update(Delivery).where(*conditions)
             .values(status=DeliveryStatus.SENDING.value, lease_until=lease_until,
-                    attempts=Delivery.attempts + 1, updated_at=now)
-            .returning(Delivery)
+                    attempts=Delivery.attempts + 1, updated_at=now))
+
+
+@functools.cache
+def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
+    """The claim's ``UPDATE .. RETURNING`` the row, built once per kind (see
+    :func:`_claim_update`)."""
+    return (_claim_update(on_postgresql, by_job).returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True))
+
+
+@functools.cache
+def _claim_and_load_statement(by_job: bool) -> t.Any:
+    """The PostgreSQL claim of :meth:`DeliveryLeases.claim_and_load`: the claim as a CTE, the
+    org's active installation beside it (a LATERAL lookup, so none gives ``NULL`` columns),
+    and ``set_config`` making this statement's own transaction commit without waiting for
+    the WAL flush. Built once per kind."""
+    claimed = _claim_update(True, by_job).returning(*Delivery.__table__.columns).cte("claimed")
+    latest = (select(Installation).where(Installation.org_id == claimed.c.org_id)
+              .order_by(Installation.completed_at.desc(), Installation.id.desc())
+              .limit(1).lateral("latest"))
+    return (select(aliased(Delivery, claimed), aliased(Installation, latest),
+                   func.set_config("synchronous_commit", "off", True))
+            .select_from(claimed).outerjoin(latest, true())
+            .execution_options(populate_existing=True))
+
+
+def _active_installation(session: Session, org_id: str) -> Installation | None:
+    return InstallationRepository(session).active(org_id=org_id)
 
 
 @functools.lru_cache(maxsize=128)
@@ -314,6 +371,8 @@ def _outcome_statement(keys: tuple[str, ...], *, over_any_job: bool, delayed: bo
         conditions += [Delivery.status == DeliveryStatus.SENDING.value,
                        Delivery.job_id.is_not_distinct_from(
                            bindparam("w_job", type_=columns["job_id"].type))]
+    # No autoflush: the row's other changed attributes are written by this statement itself;
+    # a flush first would write them again in an UPDATE of its own.
     return (update(Delivery).where(*conditions).values(**changes)
             .returning(Delivery.not_before, Delivery.lease_until)
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False, autoflush=False))
