@@ -99,6 +99,12 @@ class ChannelPacer:
             self._script = RedisBucket.init([rate], redis, key).script_hash
         return RedisBucket([rate], redis, key, self._script)
 
+    def prepare(self) -> None:
+        """Load the pacing script into Redis now, rather than at the first post. Raises
+        ``RedisError``; does nothing without Redis."""
+        if self._in_redis and self._script is None:
+            self._bucket(f"{_WINDOW_PREFIX}prepare", self.rate)
+
     def _admit(self, key: str, rate: Rate) -> float:
         """Take a slot of ``key``'s window: 0, or the seconds until one opens."""
         now_ms = time.time_ns() // 1_000_000

