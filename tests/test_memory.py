@@ -146,8 +146,9 @@ def test_settling_the_heap_hides_start_up_from_full_collections() -> None:
         gc.unfreeze()
 
 
-def test_warming_up_claims_nothing_and_prepares_the_claim_and_pacing(
-        actions: ApiActions, app: t.Any, db: t.Any, redis: t.Any) -> None:
+def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_and_plan(
+        actions: ApiActions, app: t.Any, db: t.Any, redis: t.Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     connect(actions)
     fail_scan(actions, schedule(actions))
     [before] = deliveries(db)
@@ -160,8 +161,15 @@ def test_warming_up_claims_nothing_and_prepares_the_claim_and_pacing(
         worker.warm_up(runtime.deps())
         assert runtime.pacer._script is not None
         assert redis.script_exists(runtime.pacer._script) == [True]
-    assert [" ".join(sql.split())[:24] for sql in seen] == ["WITH claimed AS (UPDATE "]
+    assert [" ".join(sql.split())[:24] for sql in seen] == [
+        "WITH claimed AS (UPDATE ", "SELECT slack_installatio"]
     assert deliveries(db) == [before]
+
+    def not_again(_org_id: str) -> t.Any:
+        raise AssertionError("the warm-up's answer was not kept")
+
+    monkeypatch.setattr(runtime.host, "plan_of", not_again)
+    assert runtime.plans.allows_slack(runtime.host, before["org_id"])
 
 
 def test_a_failed_warm_up_is_left_to_the_first_delivery(

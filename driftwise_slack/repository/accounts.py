@@ -100,6 +100,11 @@ class InstallationRepository:
         return bool(self.session.scalar(select(exists().where(
             Installation.team_id == team_id, Installation.org_id != org_id))))
 
+    def any_org(self) -> str | None:
+        """The org of some installation (the first stored), or ``None`` when there is none."""
+        return self.session.scalar(select(Installation.org_id).order_by(Installation.id)
+                                   .limit(1))
+
     def all(self) -> t.Iterator[Installation]:
         return iter(self.session.scalars(select(Installation).order_by(Installation.id)))
 
