@@ -195,6 +195,11 @@ class SlackClient:
             expires_in=None if expires_in is None else int(min(max(expires_in, 0), 31536000)),
         )
 
+    def api_test(self) -> None:
+        """``api.test`` (no token, Tier 4): one round trip to Slack, which also opens this
+        client's connection to it. Raises like every call when Slack does not answer ok."""
+        self._call("api.test")
+
     def auth_revoke(self, *, token: str) -> bool:
         """Revoke ``token`` at Slack. True when Slack says it is revoked."""
         return self._call("auth.revoke", token=token).get("revoked") is True

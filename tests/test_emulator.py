@@ -122,6 +122,9 @@ def test_full_install_flow_reinstall_revoke(client: FlaskClient) -> None:
     assert post(client, token, channel="C0ALERTS", text="x").json["error"] == "token_revoked"
     assert client.post("/api/auth.test", data={"token": "xoxb-1-2-nope"}).json["error"] == \
         "invalid_auth"
+    assert client.post("/api/api.test").json == {"ok": True}              # no token needed
+    assert client.post("/api/api.test", data={"error": "my_error"}).json == {
+        "ok": False, "error": "my_error"}
     assert install(client)["access_token"] != token
 
 

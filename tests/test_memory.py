@@ -11,7 +11,7 @@ from rq.job import Job
 from delivery_helpers import connect, deliveries, fail_scan, schedule, work
 from driftwise_slack import worker
 from driftwise_slack.runtime import get_runtime
-from factories import GLOBEX, ApiActions
+from factories import GLOBEX, ApiActions, EmulatorClient
 
 #: One lane each: (org, channel).
 LANES = (("acme", "C0ALERTS"), ("acme", "C0DRIFT"), ("globex", "C0GLBX01"))
@@ -146,8 +146,8 @@ def test_settling_the_heap_hides_start_up_from_full_collections() -> None:
         gc.unfreeze()
 
 
-def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_and_plan(
-        actions: ApiActions, app: t.Any, db: t.Any, redis: t.Any,
+def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_plan_and_slack(
+        actions: ApiActions, app: t.Any, db: t.Any, redis: t.Any, slack: EmulatorClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
     connect(actions)
     fail_scan(actions, schedule(actions))
@@ -164,6 +164,7 @@ def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_and_plan(
     assert [" ".join(sql.split())[:24] for sql in seen] == [
         "WITH claimed AS (UPDATE ", "SELECT slack_installatio"]
     assert deliveries(db) == [before]
+    assert slack.count("api.test") == 1 and slack.count("chat.postMessage") == 0
 
     def not_again(_org_id: str) -> t.Any:
         raise AssertionError("the warm-up's answer was not kept")
@@ -185,3 +186,14 @@ def test_a_failed_warm_up_is_left_to_the_first_delivery(
         monkeypatch.setattr(runtime.pacer, "prepare", down)
         worker.warm_up(runtime.deps())
     assert "could not warm up the delivery path (ConnectionError)" in caplog.text
+
+
+def test_slack_down_at_warm_up_leaves_the_worker_starting(
+        actions: ApiActions, app: t.Any, slack: EmulatorClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    slack.fault(method="api.test", mode="http_status", status=503)
+    runtime = get_runtime(app)
+    with app.app_context():
+        worker.warm_up(runtime.deps())
+    assert "could not warm up the delivery path (TransientSlackError)" in caplog.text
+    assert runtime.pacer._script is not None        # what came before it was done

@@ -56,6 +56,16 @@ def test_exchange_uses_basic_auth_and_same_redirect() -> None:
     assert TOKEN not in repr(access) and "CANARYHOOK" not in repr(access)
 
 
+@responses.activate
+def test_api_test_sends_no_token_and_raises_like_any_call() -> None:
+    responses.post(API + "api.test", json={"ok": True})
+    responses.post(API + "api.test", status=503, json={"ok": False})
+    client().api_test()
+    assert "Authorization" not in responses.calls[0].request.headers
+    with pytest.raises(TransientSlackError):
+        client().api_test()
+
+
 @pytest.mark.parametrize("status,body,headers,kind,error", [
     (429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "7"}, RateLimited, "ratelimited"),
     (200, {"ok": False, "error": "channel_not_found"}, {}, ChannelError, "channel_not_found"),

@@ -127,6 +127,14 @@ def auth_revoke(world: World, params: Params, token: str | None,
     return {"revoked": revoked}
 
 
+def api_test(world: World, params: Params, token: str | None, call: Call) -> dict[str, t.Any]:
+    """``api.test``: no token needed; echoes ``error`` as Slack does."""
+    error = params.get("error")
+    if error:
+        raise SlackError(str(error)[:64])
+    return {}
+
+
 def auth_test(world: World, params: Params, token: str | None, call: Call) -> dict[str, t.Any]:
     """``auth.test``: who the token belongs to."""
     call.team = world.authenticate(token)
@@ -193,6 +201,7 @@ def chat_update(world: World, params: Params, token: str | None,
 METHODS: dict[str, Handler] = {
     "oauth.v2.access": oauth_v2_access,
     "auth.revoke": auth_revoke,
+    "api.test": api_test,
     "auth.test": auth_test,
     "chat.postMessage": chat_post_message,
     "chat.update": chat_update,
