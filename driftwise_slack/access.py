@@ -69,26 +69,62 @@ class PlanCache:
     seconds (the callback, the status and the Settings actions always ask the host). Only
     answers are kept: a failed lookup (:class:`PlanCheckFailed`) is asked again next time, so
     the check still fails closed. Bounded: when full, it starts over.
+
+    With ``refresh`` (a function that runs a task off the caller's thread), an answer used in
+    the second half of its life is asked again in the background: an org with alerts flowing
+    keeps a fresh answer, and its deliveries do not wait on the host's database. Nothing is
+    kept longer for it: every answer is still at most ``ttl`` seconds old, counted from when
+    it was asked; a refresh that fails leaves the old answer to expire on time.
     """
 
     def __init__(self, *, ttl: float = 5.0, size: int = 4096,
-                 clock: t.Callable[[], float] = time.monotonic) -> None:
-        self.ttl, self.size, self.clock = ttl, size, clock
+                 clock: t.Callable[[], float] = time.monotonic,
+                 refresh: t.Callable[[t.Callable[[], None]], None] | None = None) -> None:
+        self.ttl, self.size, self.clock, self.refresh = ttl, size, clock, refresh
         self._answers: dict[str, tuple[float, bool]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def allows_slack(self, host: HostAdapter, org_id: str) -> bool:
         """:func:`plan_allows_slack`, answered from the cache while fresh."""
         now = self.clock()
         kept = self._answers.get(org_id)
-        if kept is not None and kept[0] > now:
-            return kept[1]
+        if kept is None or kept[0] <= now:
+            return self._ask(host, org_id)
+        if self.refresh is not None and kept[0] - now < self.ttl / 2:
+            self._refresh_ahead(host, org_id)
+        return kept[1]
+
+    def _ask(self, host: HostAdapter, org_id: str) -> bool:
+        asked_at = self.clock()
         allowed = plan_allows_slack(host, org_id)
         with self._lock:
             if len(self._answers) >= self.size:
                 self._answers.clear()
-            self._answers[org_id] = (now + self.ttl, allowed)
+            self._answers[org_id] = (asked_at + self.ttl, allowed)
         return allowed
+
+    def _refresh_ahead(self, host: HostAdapter, org_id: str) -> None:
+        with self._lock:
+            if org_id in self._refreshing:
+                return
+            self._refreshing.add(org_id)
+
+        def task() -> None:
+            try:
+                self._ask(host, org_id)
+            except PlanCheckFailed:
+                pass   # logged (ids only) by plan_of; the kept answer expires on time
+            finally:
+                with self._lock:
+                    self._refreshing.discard(org_id)
+
+        assert self.refresh is not None
+        try:
+            self.refresh(task)
+        except RuntimeError:   # the runner is shutting down: asked when next due
+            with self._lock:
+                self._refreshing.discard(org_id)
 
 
 def require_plan(host: HostAdapter, org_id: str) -> Plan:

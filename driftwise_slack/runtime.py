@@ -9,13 +9,14 @@ once per process.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import os
 import threading
 import time
 import typing as t
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from sqlalchemy import create_engine
@@ -99,8 +100,10 @@ class Runtime:
         self._slack: SlackClient | None = None
         self._redis: Redis | None = None
         self._pacer: ChannelPacer | None = None
-        #: Plan answers for deliveries, a few seconds each (see ``access.PlanCache``).
-        self.plans = PlanCache()
+        #: Plan answers for deliveries, a few seconds each, refreshed ahead in the background
+        #: while an org's alerts flow (see ``access.PlanCache``).
+        self.plans = PlanCache(refresh=self._in_background)
+        self._background: tuple[int, cf.ThreadPoolExecutor] | None = None
         #: Whether the host has the optional ``request_session`` (see :meth:`read_session`).
         self._lends = isinstance(host, SessionLender)
         #: The last engine of a lent session found to be on our database (checked once each).
@@ -181,6 +184,18 @@ class Runtime:
         worker runs (another process's private fakeredis is out of reach)."""
         return bool(self.settings.redis_url) or self.embedded_worker_running
 
+    def _in_background(self, task: t.Callable[[], None]) -> None:
+        """Run ``task`` on this process's one background thread (made on first use, anew in a
+        forked child), inside the current app's context. For short lookups that must not
+        hold up the caller, such as refreshing a plan answer ahead of its expiry."""
+        with self._lock:
+            pid = os.getpid()
+            if self._background is None or self._background[0] != pid:
+                self._background = (pid, cf.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="driftwise-slack-background"))
+            executor = self._background[1]
+        executor.submit(_enter_app(task))
+
     def deps(self, session: Session | None = None) -> Deps:
         """The collaborators of one request or job; ``session`` defaults to this thread's."""
         return Deps(settings=self.settings, host=self.host,
@@ -219,6 +234,19 @@ class Runtime:
         """Teardown: give this thread's session back (only in the process that made it)."""
         if self._session is not None and self._pid == os.getpid():
             self._session.remove()
+
+
+def _enter_app(task: t.Callable[[], None]) -> t.Callable[[], None]:
+    """``task`` made to run inside the current app's context (if any) in another thread."""
+    if not has_app_context():
+        return task
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def run() -> None:
+        with app.app_context():
+            task()
+
+    return run
 
 
 def thread_deps() -> ThreadDeps:

@@ -79,3 +79,98 @@ def test_the_cache_stays_bounded() -> None:
     for number in range(25):
         plans.allows_slack(host, str(number))
     assert len(plans._answers) <= 10
+
+
+class Runner:
+    """Keeps the tasks a cache hands off, to run them when the test says."""
+
+    def __init__(self, *, closed: bool = False) -> None:
+        self.tasks: list[t.Callable[[], None]] = []
+        self.closed = closed
+
+    def __call__(self, task: t.Callable[[], None]) -> None:
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self.tasks.append(task)
+
+    def run(self) -> None:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task()
+
+
+def test_an_answer_in_use_is_asked_again_ahead_of_its_expiry_in_the_background() -> None:
+    host, clock, runner = Host(), Clock(), Runner()
+    plans = cache(clock, refresh=runner)
+    assert plans.allows_slack(host, "1") is True
+    clock.now += 2.0                        # first half of its life: nothing to do
+    assert plans.allows_slack(host, "1") is True and runner.tasks == []
+    clock.now += 1.0                        # second half: one refresh, answered from the cache
+    host.plans["1"] = Plan.FREE
+    assert plans.allows_slack(host, "1") is True
+    assert plans.allows_slack(host, "1") is True
+    assert len(runner.tasks) == 1 and host.asked == 1
+    runner.run()                            # the downgrade is seen by the refresh...
+    assert host.asked == 2
+    assert plans.allows_slack(host, "1") is False and host.asked == 2   # ...and used
+    clock.now += 4.9                        # the refreshed answer counts from when it was asked
+    assert plans.allows_slack(host, "1") is False and host.asked == 2
+    clock.now += 0.2
+    assert plans.allows_slack(host, "1") is False and host.asked == 3
+
+
+def test_a_failed_refresh_leaves_the_old_answer_to_expire_on_time() -> None:
+    host, clock, runner = Host(), Clock(), Runner()
+    plans = cache(clock, refresh=runner)
+    plans.allows_slack(host, "1")
+    clock.now += 3.0
+    plans.allows_slack(host, "1")
+    host.down = True
+    runner.run()
+    assert plans.allows_slack(host, "1") is True            # still within its 5 s
+    runner.run()                                            # tried again, failed again
+    clock.now += 2.1
+    with pytest.raises(PlanCheckFailed):                    # then it fails closed
+        plans.allows_slack(host, "1")
+
+
+def test_a_runner_that_is_shutting_down_changes_nothing() -> None:
+    host, clock = Host(), Clock()
+    plans = cache(clock, refresh=Runner(closed=True))
+    plans.allows_slack(host, "1")
+    clock.now += 3.0
+    assert plans.allows_slack(host, "1") is True
+    assert plans.allows_slack(host, "1") is True            # not stuck as "refreshing"
+    clock.now += 2.1
+    assert plans.allows_slack(host, "1") is True and host.asked == 2
+
+
+def test_the_runtime_refreshes_on_its_background_thread_inside_the_app(
+        app: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from flask import has_app_context
+
+    from driftwise_slack.runtime import get_runtime
+
+    runtime = get_runtime(app)
+    clock = Clock()
+    monkeypatch.setattr(runtime.plans, "clock", clock)
+    seen: list[tuple[str, bool]] = []
+    done = threading.Event()
+
+    def plan_of(_org_id: str) -> Plan:
+        seen.append((threading.current_thread().name, has_app_context()))
+        if len(seen) == 2:
+            done.set()
+        return Plan.TEAM
+
+    monkeypatch.setattr(runtime.host, "plan_of", plan_of)
+    with app.app_context():
+        deps = runtime.deps()
+        assert deps.plan_allows_slack("1") is True
+        clock.now += 3.0
+        assert deps.plan_allows_slack("1") is True
+    assert done.wait(5)
+    assert seen[0] == (threading.current_thread().name, True)
+    assert seen[1][0].startswith("driftwise-slack-background") and seen[1][1]
