@@ -121,21 +121,12 @@ def deliver_claimed(deps: Deps, row: Delivery, installation: Installation | None
             DeliveryStatus.FAILED, f"Not sent: delivery was started {MAX_CLAIMS} times without "
             "finishing (each attempt crashed or timed out). Check the worker's logs.",
             slack_error="too_many_attempts"))
-    # A channel Slack has told us to leave alone: reschedule before any other work, so a
-    # flooded channel's backlog costs little and other orgs' messages are not kept waiting.
     if row.event_type == PARENT_UPDATE:
         # A parent edit: its own pacing key, never the channel's post slot (see edits).
         edit = edits.edit_parent(deps, row, max_attempts=MAX_ATTEMPTS, backoff=backoff)
         return _record(deps, row, _Outcome(edit.status, edit.reason, slack_error=edit.slack_error,
                                            delay=edit.delay, ts=edit.ts, refund=edit.refund))
-    held = deps.pacer.held(scope=f"org:{row.org_id}", channel=row.channel or "")
-    if held > 0:
-        _park(deps, row, held)
-        outcome = _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
-                           delay=held + random.uniform(0.1, 1.0), refund=True)
-    else:
-        outcome = _attempt(deps, row, installation)
-    return _record(deps, row, outcome)
+    return _record(deps, row, _attempt(deps, row, installation))
 
 
 def _park(deps: Deps, row: Delivery, seconds: float) -> None:
@@ -171,13 +162,19 @@ def _attempt(deps: Deps, row: Delivery, installation: Installation | None) -> _O
                         "in Settings.")
     row.team_id = installation.team_id
     channel = t.cast(str, row.channel)
-    wait = deps.pacer.wait_for(
+    admission = deps.pacer.admit(
         team_id=installation.team_id, channel=channel,
         ahead=lambda: DeliveryRepository(deps.session).waiting(
             org_id=row.org_id, channel=channel, exclude_id=row.id, limit=AHEAD_LIMIT,
             older_only=True))
-    if wait > 0:
-        return _Outcome(DeliveryStatus.QUEUED, None, delay=wait, refund=True)
+    if admission.held:
+        # A channel Slack has told us to leave alone: its backlog goes to the scheduler in one
+        # go, so it costs little and other orgs' messages are not kept waiting.
+        _park(deps, row, admission.wait)
+        return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",
+                        delay=admission.wait + random.uniform(0.1, 1.0), refund=True)
+    if admission.wait > 0:
+        return _Outcome(DeliveryStatus.QUEUED, None, delay=admission.wait, refund=True)
     try:
         token = refresh_if_due_and_open(deps, installation)
     except VaultError:
@@ -248,8 +245,8 @@ def _classify(deps: Deps, row: Delivery, installation: Installation,
               exc: SlackApiError) -> _Outcome:
     if isinstance(exc, RateLimited):
         retry_after = float(exc.retry_after or 30)
-        for scope in (installation.team_id, f"org:{row.org_id}"):
-            deps.pacer.hold(scope=scope, channel=t.cast(str, row.channel), seconds=retry_after)
+        deps.pacer.hold(scope=installation.team_id, channel=t.cast(str, row.channel),
+                        seconds=retry_after)
         _park(deps, row, retry_after)
         log.info("delivery %s rate limited; retrying after %ss", row.id, retry_after)
         return _Outcome(DeliveryStatus.QUEUED, "Waiting: Slack asked us to slow down.",

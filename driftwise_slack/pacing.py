@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: The smallest wait we reschedule for.
 MIN_WAIT = 0.05
+#: The member that keeps a channel's window key in being between posts (see ``_tidy``).
+_KEEP_MARKER = "keep"
 #: How much longer our window is than Slack's. We take a slot just before sending, Slack counts
 #: when the request arrives, and the time in between varies by a few milliseconds: with equal
 #: windows a post admitted exactly one window after another could reach Slack a little less
@@ -62,6 +64,15 @@ def clamp_wait(seconds: t.Any) -> float:
     if math.isnan(value) or value <= 0:
         return 0.0
     return min(value, MAX_WAIT)
+
+
+class Admission(t.NamedTuple):
+    """:meth:`ChannelPacer.admit`'s answer."""
+
+    #: 0: a slot was taken, post now. Otherwise seconds to wait before asking again.
+    wait: float
+    #: The wait is a 429's hold on the channel (Slack asked us to slow down).
+    held: bool = False
 
 
 class ChannelPacer:
@@ -124,9 +135,17 @@ class ChannelPacer:
 
     def wait_for(self, *, team_id: str, channel: str, rate: str | None = None,
                  ahead: t.Callable[[], int] | None = None) -> float:
-        """0 when a slot was taken for a post now; otherwise seconds to wait before asking again.
-        ``rate`` (a ``limits`` string) replaces the channel rate, for keys of their own such as
-        parent edits (``team_id`` then names that key, e.g. ``edit:T123``).
+        """:meth:`admit`'s wait alone: 0 when a slot was taken for a post now, otherwise the
+        seconds to wait before asking again."""
+        return self.admit(team_id=team_id, channel=channel, rate=rate, ahead=ahead).wait
+
+    def admit(self, *, team_id: str, channel: str, rate: str | None = None,
+              ahead: t.Callable[[], int] | None = None) -> Admission:
+        """Take a slot for a post now (wait 0), or say how long to wait before asking again
+        and whether that is because Slack asked us to slow down (``held``: a 429's hold is on
+        this workspace's channel). ``rate`` (a ``limits`` string) replaces the channel rate,
+        for keys of their own such as parent edits (``team_id`` then names that key, e.g.
+        ``edit:T123``). Two Redis round trips: the hold and the window's upkeep, then the slot.
 
         ``ahead``, asked only when the window is full, says how many posts of this channel
         wait before this one. The wait then reaches the window those posts leave room in, so a
@@ -135,46 +154,40 @@ class ChannelPacer:
         window = _window_rate(rate) if rate else self.rate
         key = f"{_WINDOW_PREFIX}{team_id}:{channel}"
         try:
-            fresh = False
             if self._in_redis:
-                held_ms, fresh = self._tidy(key, window, self._hold_key(team_id, channel))
+                held_ms = self._tidy(key, window, self._hold_key(team_id, channel))
             else:
                 held_ms = self._connect().pttl(self._hold_key(team_id, channel))
             if held_ms and held_ms > 0:
-                return max(MIN_WAIT, held_ms / 1000)
+                return Admission(max(MIN_WAIT, held_ms / 1000), held=True)
             wait = self._admit(key, window)
-            if fresh:   # the put made the key anew: give it the expiry _tidy could not
-                self._connect().pexpire(key, 2 * window.interval)
             if not wait:
-                return 0.0
+                return Admission(0.0)
             windows = (ahead() if ahead is not None else 0) // window.limit
-            return max(MIN_WAIT, wait + windows * window.interval / 1000)
+            return Admission(max(MIN_WAIT, wait + windows * window.interval / 1000))
         except RedisError as exc:
             log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)
-            return 0.0
+            return Admission(0.0)
 
-    def _tidy(self, key: str, window: Rate, hold_key: str) -> tuple[int, bool]:
+    def _tidy(self, key: str, window: Rate, hold_key: str) -> int:
         """In one round trip: the hold's time left (ms); the window's entries that no longer
         count removed, and its key set to vanish once the channel has been quiet for two
-        windows. Also whether the window is now empty (its key gone, so no expiry set)."""
+        windows. A marker scored 0 (never inside a window, so never counted) keeps the key in
+        being, with that expiry, for the slot about to be added: without it a quiet channel's
+        emptied key would be made anew by the slot, with no expiry, and need a round trip of
+        its own to get one."""
         now_ms = time.time_ns() // 1_000_000
         with self._connect().pipeline(transaction=False) as pipe:
             pipe.pttl(hold_key)
             pipe.zremrangebyscore(key, 0, now_ms - window.interval - 1)
+            pipe.zadd(key, {_KEEP_MARKER: 0})
             pipe.pexpire(key, 2 * window.interval)
-            held_ms, _, kept = pipe.execute()
-        return int(held_ms), not kept
-    def held(self, *, scope: str, channel: str) -> float:
-        """Seconds left on a hold of (``scope``, ``channel``); 0 when there is none."""
-        try:
-            held_ms = self._connect().pttl(self._hold_key(scope, channel))
-        except RedisError:
-            return 0.0
-        return held_ms / 1000 if held_ms and held_ms > 0 else 0.0
+            held_ms = pipe.execute()[0]
+        return int(held_ms)
 
     def hold(self, *, scope: str, channel: str, seconds: float) -> None:
         """Slack said 429 for this channel: nobody posts there for ``seconds``. ``scope`` is the
-        workspace (team id), or ``org:<id>`` for the early check a job makes before any lookup."""
+        workspace (team id), or a key of its own such as ``edit:<team id>``."""
         try:
             self._connect().set(self._hold_key(scope, channel), "1",
                                 px=max(1, int(clamp_wait(seconds) * 1000)))
