@@ -34,6 +34,7 @@ from .metrics import CountingSlackClient
 from .oauth_state import StateSigner
 from .pacing import ChannelPacer
 from .queue import connect
+from .repository import AUTOCOMMIT_BIND
 from .slack_api import SlackClient
 from .vault import TokenVault
 
@@ -96,6 +97,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._pid = -1
         self._engine: Engine | None = None
+        self._autocommit: Engine | None = None
         self._session: scoped_session[Session] | None = None
         self._slack: SlackClient | None = None
         self._redis: Redis | None = None
@@ -120,8 +122,9 @@ class Runtime:
             if self._pid == os.getpid():
                 return
             # A fork left us the parent's pools: forget them (never close them from the child).
-            if self._engine is not None:
-                self._engine.dispose(close=False)
+            for inherited in (self._engine, self._autocommit):
+                if inherited is not None:
+                    inherited.dispose(close=False)
             url = normalize_database_url(self.settings.database_url)
             kwargs: dict[str, t.Any] = {"future": True}
             if url.startswith("postgresql"):
@@ -132,9 +135,17 @@ class Runtime:
             elif url.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30}  # demo: web, CLI and worker share a file
             self._engine = create_engine(url, **kwargs)
+            info: dict[str, t.Any] = {}
             if url.startswith("postgresql"):
                 ping_if_idle(self._engine)
-            self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False))
+                # Statements that commit on their own (the worker's claim, a dispatch's row)
+                # run on a pool whose connections stay in autocommit: no BEGIN and COMMIT, and
+                # no round trips switching a shared connection in and out of autocommit.
+                self._autocommit = create_engine(url, isolation_level="AUTOCOMMIT", **kwargs)
+                ping_if_idle(self._autocommit)
+                info[AUTOCOMMIT_BIND] = self._autocommit
+            self._session = scoped_session(sessionmaker(bind=self._engine, expire_on_commit=False,
+                                                        info=info))
             self._slack = CountingSlackClient(self.settings.api_url,
                                               timeout=self.settings.slack_timeout)
             self._redis = None

@@ -134,3 +134,18 @@ def test_migrations_on_sqlite_are_idempotent(tmp_path: t.Any) -> None:
     assert {"slack_installations", "slack_deliveries", "slack_redeemed_states",
             "driftwise_slack_alembic_version"} <= tables
     assert "alembic_version" not in tables
+
+
+def test_the_runtime_gives_its_sessions_an_autocommit_engine_of_their_own(app: t.Any) -> None:
+    """PostgreSQL: statements that commit on their own run on a second pool whose connections
+    stay in autocommit (nothing switches a shared connection in and out of it)."""
+    from driftwise_slack.repository import AUTOCOMMIT_BIND
+
+    runtime = get_runtime(app)
+    bind = runtime.session().info[AUTOCOMMIT_BIND]
+    assert bind is not runtime.engine and bind.url == runtime.engine.url
+    with bind.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit
+    with runtime.engine.connect() as conn:
+        assert not conn.connection.dbapi_connection.autocommit
+    runtime.remove_session()

@@ -10,6 +10,7 @@ from rq.job import Job
 
 from delivery_helpers import connect, deliveries, fail_scan, schedule, work
 from driftwise_slack import worker
+from driftwise_slack.repository import AUTOCOMMIT_BIND
 from driftwise_slack.runtime import get_runtime
 from factories import GLOBEX, ApiActions, EmulatorClient
 
@@ -154,8 +155,9 @@ def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_plan_and_slack(
     [before] = deliveries(db)
     runtime = get_runtime(app)
     seen: list[str] = []
-    sa.event.listen(runtime.engine, "before_cursor_execute",
-                    lambda _conn, _cursor, sql, *_rest: seen.append(sql))
+    for engine in (runtime.engine, runtime.session().info[AUTOCOMMIT_BIND]):
+        sa.event.listen(engine, "before_cursor_execute",
+                        lambda _conn, _cursor, sql, *_rest: seen.append(sql))
     redis.script_flush()
     with app.app_context():
         worker.warm_up(runtime.deps())

@@ -15,7 +15,11 @@ from sqlalchemy.orm import Session
 
 from driftwise_slack.config import normalize_database_url
 from driftwise_slack.models import FINAL_STATUSES, UNFINISHED_STATUSES
-from driftwise_slack.repository import AdminNoticeRepository, DeliveryRepository
+from driftwise_slack.repository import (
+    AUTOCOMMIT_BIND,
+    AdminNoticeRepository,
+    DeliveryRepository,
+)
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -319,6 +323,19 @@ def test_due_returns_unattended_unfinished_rows_longest_unattended_first(
             now=dt.datetime.now(dt.timezone.utc), limit=2)] == expected[:2]
 
 
+@pytest.fixture
+def autocommit(engine: Engine) -> t.Iterator[Engine]:
+    """An engine whose connections stay in autocommit, as the runtime makes one."""
+    twin = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    yield twin
+    twin.dispose()
+
+
+def _session(engine: Engine, autocommit: Engine | None) -> Session:
+    return Session(engine, expire_on_commit=False,
+                   info={AUTOCOMMIT_BIND: autocommit} if autocommit is not None else {})
+
+
 def _queued_row(db: t.Any, org_id: str, *, job_id: str = "job-1") -> int:
     row_id = db.execute(text("""
         INSERT INTO slack_deliveries (dedupe_key, org_id, event_type, schedule_id, schedule_name,
@@ -341,14 +358,15 @@ def _installation(db: t.Any, org_id: str, team_id: str, *, completed: dt.datetim
 
 
 def test_claim_and_load_takes_the_row_and_the_latest_installation_in_one_commit(
-        engine: Engine, db: t.Any) -> None:
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
     _installation(db, "org-a", "T-OLD", completed=NOW - dt.timedelta(days=2))
     _installation(db, "org-a", "T-NEW", completed=NOW)
     row_id = _queued_row(db, "org-a")
     statements: list[tuple[str, bool]] = []   # (SQL, in psycopg2's autocommit: no BEGIN)
-    event.listen(engine, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
-        statements.append((sql, conn.connection.dbapi_connection.autocommit))))
-    with Session(engine, expire_on_commit=False) as session:
+    for each in (engine, autocommit):
+        event.listen(each, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
+            statements.append((sql, conn.connection.dbapi_connection.autocommit))))
+    with _session(engine, autocommit) as session:
         claimed = DeliveryRepository(session).claim_and_load(
             delivery_id=row_id, now=NOW, lease_until=NOW + dt.timedelta(seconds=45),
             job_id="job-1")
@@ -362,7 +380,7 @@ def test_claim_and_load_takes_the_row_and_the_latest_installation_in_one_commit(
         assert db.execute(text("SELECT status FROM slack_deliveries WHERE id = :id"),
                           {"id": row_id}).scalar_one() == "sending"
         db.commit()
-        # The session's next work is a transaction again: it can be rolled back.
+        # The session's next work is a transaction on its own engine: it can be rolled back.
         session.execute(text("UPDATE slack_deliveries SET reason = 'x' WHERE id = :id"),
                         {"id": row_id})
         session.rollback()
@@ -371,10 +389,11 @@ def test_claim_and_load_takes_the_row_and_the_latest_installation_in_one_commit(
     db.commit()
 
 
+@pytest.mark.parametrize("on_its_own", [True, False], ids=["autocommit", "transaction"])
 def test_claim_and_load_without_an_installation_or_for_another_job(
-        engine: Engine, db: t.Any) -> None:
+        engine: Engine, autocommit: Engine, db: t.Any, on_its_own: bool) -> None:
     row_id = _queued_row(db, "org-b")
-    with Session(engine, expire_on_commit=False) as session:
+    with _session(engine, autocommit if on_its_own else None) as session:
         repo = DeliveryRepository(session)
         lease = {"now": NOW, "lease_until": NOW + dt.timedelta(seconds=45)}
         assert repo.claim_and_load(delivery_id=row_id, job_id="a-stale-job", **lease) is None
@@ -387,16 +406,17 @@ def test_claim_and_load_without_an_installation_or_for_another_job(
 
 
 def test_insert_values_committed_is_one_durable_statement_on_its_own(
-        engine: Engine, db: t.Any) -> None:
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
     values = {"dedupe_key": "k:1", "org_id": "org-c", "event_type": "scheduled_scan_failed",
               "schedule_id": "s1", "schedule_name": "Nightly", "channel": "#alerts",
               "run_id": "r1", "error": "", "consecutive_failures": 1, "disable_after": 3,
               "occurred_at": NOW, "created_at": NOW, "updated_at": NOW, "attempts": 0,
               "status": "queued", "reason": None, "lease_until": None, "job_id": None}
     seen: list[tuple[str, bool]] = []
-    event.listen(engine, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
-        seen.append((sql, conn.connection.dbapi_connection.autocommit))))
-    with Session(engine) as session:
+    for each in (engine, autocommit):
+        event.listen(each, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
+            seen.append((sql, conn.connection.dbapi_connection.autocommit))))
+    with _session(engine, autocommit) as session:
         new_id = DeliveryRepository(session).insert_values_committed(values)
         assert DeliveryRepository(session).insert_values_committed(values) is None   # dedupe
     assert [autocommit for _sql, autocommit in seen] == [True, True]

@@ -5,11 +5,11 @@ exception is cleanup: :meth:`DeliveryRepository.prune` commits after every batch
 transaction holds more than one batch of deletions (see :meth:`DeliveryRepository.prune_batches`
 for the form that leaves each commit to the caller).
 """
-from ._base import _dialect_insert
+from ._base import AUTOCOMMIT_BIND, _dialect_insert
 from .accounts import EventRepository, InstallationRepository, StateRepository
 from .deliveries import PRUNE_BATCH, PRUNE_DUTY, DeliveryRepository
 from .notices import NOTICE_INTERVAL, AdminNoticeRepository
 
-__all__ = ["NOTICE_INTERVAL", "PRUNE_BATCH", "PRUNE_DUTY", "AdminNoticeRepository",
-           "DeliveryRepository", "EventRepository", "InstallationRepository", "StateRepository",
-           "_dialect_insert"]
+__all__ = ["AUTOCOMMIT_BIND", "NOTICE_INTERVAL", "PRUNE_BATCH", "PRUNE_DUTY",
+           "AdminNoticeRepository", "DeliveryRepository", "EventRepository",
+           "InstallationRepository", "StateRepository", "_dialect_insert"]

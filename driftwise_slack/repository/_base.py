@@ -39,6 +39,8 @@ _LEASE_KEY = literal_column(LEASE_KEY_SQL, UTCDateTime())
 _DB_NOW = func.statement_timestamp()
 _DB_LATER = _DB_NOW + bindparam("later_by", type_=Interval())
 _NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO OFF")
+#: The key under which a session's info names its autocommit engine (see ``_on_its_own``).
+AUTOCOMMIT_BIND = "driftwise_slack.autocommit_bind"
 
 
 def _dialect_insert(session: Session) -> t.Any:
@@ -109,17 +111,19 @@ class DeliveryRows:
         self._no_flush_wait()
         self.session.commit()
 
-    def _on_its_own(self) -> bool:
-        """On PostgreSQL, on a session with no transaction open: make the session's next
-        statement run on its own, committed as it ends (autocommit), and say so. One round
-        trip instead of ``BEGIN``, the statement and ``COMMIT``; the caller's
-        ``session.commit()`` afterwards only hands the connection back (and its usual
-        isolation with it). ``False`` elsewhere: the caller runs and commits as usual."""
+    def _on_its_own(self) -> t.Any:
+        """The engine to run the session's next statement on its own, committed as it ends:
+        one round trip instead of ``BEGIN``, the statement and ``COMMIT``. It is the engine the
+        runtime names in the session's info (:data:`AUTOCOMMIT_BIND`: PostgreSQL, a pool of
+        its own whose connections are always in autocommit, so no round trips switching a
+        connection in and out of it). ``None`` when there is none or the session already has
+        a transaction open: the caller then runs and commits as usual. Either way the
+        caller's ``session.commit()`` afterwards ends the session's transaction (for the
+        autocommit engine, it only hands the connection back)."""
         session = self.session
-        if session.get_bind().dialect.name != "postgresql" or session.in_transaction():
-            return False
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return True
+        if session.in_transaction():
+            return None
+        return session.info.get(AUTOCOMMIT_BIND)
 
     def _no_flush_wait(self) -> None:
         """Let the current transaction commit without waiting for the WAL flush (PostgreSQL;

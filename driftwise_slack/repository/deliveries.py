@@ -92,22 +92,22 @@ class DeliveryRepository(DeliveryLeases):
                 .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id))
         return self.session.execute(stmt).scalar_one_or_none()
 
-    def insert_values(self, values: t.Mapping[str, t.Any]) -> int | None:
+    def insert_values(self, values: t.Mapping[str, t.Any], *, bind: t.Any = None) -> int | None:
         """Insert the row of column ``values`` unless its ``dedupe_key`` exists: the new id, or
         ``None``. A Core ``INSERT .. ON CONFLICT DO NOTHING RETURNING id`` on PostgreSQL and
         SQLite (one statement, cached once compiled; no ORM object or flush); elsewhere
-        :meth:`add_unique`."""
+        :meth:`add_unique`. ``bind``: an engine to run it on instead of the session's own."""
         insert = _dialect_insert(self.session)
         if insert is None:
             return self.insert_unique(Delivery(**values))
         stmt = _insert_stmt(insert)
-        return self.session.execute(stmt, dict(values)).scalar_one_or_none()
+        return self.session.execute(stmt, dict(values), bind_arguments={"bind": bind} if bind
+                                    else None).scalar_one_or_none()
 
     def insert_values_committed(self, values: t.Mapping[str, t.Any]) -> int | None:
         """:meth:`insert_values`, committed (durably) before it returns. On PostgreSQL, on a
         session with no transaction open, the ``INSERT`` runs on its own: one round trip."""
-        self._on_its_own()
-        new_id = self.insert_values(values)
+        new_id = self.insert_values(values, bind=self._on_its_own())
         self.session.commit()
         return new_id
 

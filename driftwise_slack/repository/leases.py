@@ -63,14 +63,16 @@ class DeliveryLeases(DeliveryRows):
         """:meth:`claim` and commit the row, and load its org's active installation (``None``
         when there is none): ``None`` when the claim failed, as :meth:`claim`.
 
-        On PostgreSQL, on a session with no transaction open, it is ONE statement run on its
-        own (autocommit): the claim's ``UPDATE .. RETURNING`` as a CTE joined with the
-        installation, committed without waiting for the WAL flush (a lost claim only lets the
-        sweeper retry). The worker does this before every post: one round trip instead of the
-        claim's ``BEGIN``, ``UPDATE``, fast commit and the installation's ``BEGIN`` and
-        ``SELECT``. Elsewhere (SQLite, or inside a transaction) those steps one by one."""
+        On PostgreSQL, on a session with no transaction open and an autocommit engine (see
+        ``_on_its_own``), it is ONE statement run on its own: the claim's ``UPDATE ..
+        RETURNING`` as a CTE joined with the installation, committed without waiting for the
+        WAL flush (a lost claim only lets the sweeper retry). The worker does this before every
+        post: one round trip instead of the claim's ``BEGIN``, ``UPDATE``, fast commit and the
+        installation's ``BEGIN`` and ``SELECT``. Elsewhere (SQLite, no autocommit engine, or
+        inside a transaction) those steps one by one."""
         session = self.session
-        if not self._on_its_own():
+        bind = self._on_its_own()
+        if bind is None or session.get_bind().dialect.name != "postgresql":
             row = self.claim(delivery_id=delivery_id, now=now, lease_until=lease_until,
                              job_id=job_id)
             if row is None:
@@ -80,7 +82,7 @@ class DeliveryLeases(DeliveryRows):
             return row, _active_installation(session, row.org_id)
         found = session.execute(_claim_and_load_statement(job_id is not None), {
             "claim_id": delivery_id, "claim_job": job_id,
-            "claim_lease": lease_until - now}).first()
+            "claim_lease": lease_until - now}, bind_arguments={"bind": bind}).first()
         session.commit()   # nothing left to commit: hands the connection back
         if found is None:
             return None
