@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import time
 import typing as t
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from sqlalchemy.exc import OperationalError
 
 from . import digests, edits, messages, streaks
 from .errors import (
@@ -58,6 +60,9 @@ SCHEDULE_GRACE = dt.timedelta(seconds=60)
 #: A paced post looks this far back in its lane to find its place in the line (see
 #: pacing.ChannelPacer.wait_for); further back it waits as if this many were ahead.
 AHEAD_LIMIT = 1000
+#: Pauses before trying again to record an outcome when the database went away (a restart,
+#: a failover): 7.5 s in all, well within the lease and the job's timeout.
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 #: Errors that mean our payload was refused: try once more as plain text.
 PAYLOAD_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long",
                             "markdown_text_conflict"})
@@ -289,11 +294,18 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
 
     Written only over the state the attempt started from: a row the sweeper handed to another
     job meanwhile (or that is already final) keeps its state, except that a post Slack took is
-    always recorded unless the row is final, so its other job finds it sent."""
+    always recorded unless the row is final, so its other job finds it sent.
+
+    The database going away meanwhile (a restart, a failover) is waited out a few seconds
+    (:data:`RECORD_RETRY_DELAYS`): an outcome not recorded leaves the row to be sent again
+    once its lease lapses, a second copy of a message Slack already took."""
     session = deps.session
     deliveries = DeliveryRepository(session)
     now = utcnow()
-    values: dict[str, t.Any] = {"status": outcome.status.value, "reason": outcome.reason,
+    row_id, claimed_job = row.id, row.job_id
+    # What the attempt changed on the row (its workspace), kept here: a rollback forgets it.
+    values: dict[str, t.Any] = {**deliveries.unsaved(row),
+                                "status": outcome.status.value, "reason": outcome.reason,
                                 "slack_error": outcome.slack_error, "updated_at": now,
                                 "lease_until": None}
     if outcome.refund:
@@ -304,20 +316,47 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
                       digest=outcome.digest)
     elif outcome.status is DeliveryStatus.QUEUED:
         delay = clamp_wait(outcome.delay)   # Retry-After: inf, 1e12, -1, nan
-        values["job_id"] = job_id_for(row.id, org_id=row.org_id, channel=row.channel)
+        values["job_id"] = job_id_for(row_id, org_id=row.org_id, channel=row.channel)
+    for pause in (*RECORD_RETRY_DELAYS, None):
+        try:
+            cleared = _write_outcome(deps, row, outcome, values, claimed_job=claimed_job,
+                                     delay=delay)
+            break
+        except OperationalError as exc:
+            session.rollback()
+            if pause is None:
+                raise
+            log.warning("delivery %s: the database went away while its outcome was recorded "
+                        "(%s); trying again in %ss", row_id, type(exc).__name__, pause)
+            time.sleep(pause)
+    if cleared is None:
+        log.warning("delivery %s changed hands during the attempt; outcome %s not recorded",
+                    row_id, outcome.status.value)
+        return "not_claimed"
+    log.info("delivery %s -> %s", row.id, row.status)
+    for recorded in (row, *outcome.companions):   # metrics, admin notices; never raises
+        delivery_recorded(deps, recorded, refund=outcome.refund, cleared=cleared)
+    return row.status
+
+
+def _write_outcome(deps: Deps, row: Delivery, outcome: _Outcome, values: dict[str, t.Any], *,
+                   claimed_job: str | None, delay: float) -> set[tuple[str, str]] | None:
+    """One try at :func:`_record`'s writes and commit: the admin notices the delivery cleared,
+    or ``None`` (rolled back) when the row changed hands."""
+    session = deps.session
+    deliveries = DeliveryRepository(session)
+    queued = outcome.status is DeliveryStatus.QUEUED
     written = deliveries.write_outcome(
-        row, values, claimed_job=row.job_id, over_any_job=outcome.status is DeliveryStatus.SENT,
-        delay=dt.timedelta(seconds=delay) if outcome.status is DeliveryStatus.QUEUED else None,
-        grace=SCHEDULE_GRACE)
+        row, dict(values), claimed_job=claimed_job,
+        over_any_job=outcome.status is DeliveryStatus.SENT,
+        delay=dt.timedelta(seconds=delay) if queued else None, grace=SCHEDULE_GRACE)
     if not written:
         session.rollback()
-        log.warning("delivery %s changed hands during the attempt; outcome %s not recorded",
-                    row.id, outcome.status.value)
-        return "not_claimed"
+        return None
     cleared: set[tuple[str, str]] = set()
     if outcome.status is DeliveryStatus.SENT:
         cleared = clear_notices(deps, [row, *outcome.companions])
-    if outcome.status is DeliveryStatus.QUEUED:
+    if queued:
         deliveries.commit_fast()   # lost in a crash? the sweeper requeues it
         try:
             enqueue_delivery(get_queue(deps.redis()), row.id, job_id=t.cast(str, row.job_id),
@@ -326,7 +365,4 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
             log.error("could not reschedule delivery %s; the sweeper will", row.id)
     else:
         session.commit()           # outcomes are durable
-    log.info("delivery %s -> %s", row.id, row.status)
-    for recorded in (row, *outcome.companions):   # metrics, admin notices; never raises
-        delivery_recorded(deps, recorded, refund=outcome.refund, cleared=cleared)
-    return row.status
+    return cleared

@@ -31,7 +31,9 @@ from delivery_helpers import (
     work,
 )
 from driftwise_slack import delivery as use_case
-from factories import ACME, GLOBEX, EmulatorClient
+from driftwise_slack.queue import get_queue
+from driftwise_slack.runtime import get_runtime
+from factories import ACME, GLOBEX, ApiActions, EmulatorClient
 
 
 @pytest.fixture
@@ -459,3 +461,53 @@ def test_delivery_history_newest_first_filtered_and_paged(
         assert response.get_json()["error"] == "bad_request"
 
     assert get(stranger).get_json()["deliveries"] == []  # another org sees none of them
+
+
+def _database_gone() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("UPDATE slack_deliveries ...", {}, Exception(
+        "server closed the connection unexpectedly"))
+
+
+def test_an_outcome_is_recorded_once_the_database_is_back(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The database goes away after Slack took the post (a restart): the outcome is tried
+    again a few times, not left for the sweeper to send a second copy."""
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    monkeypatch.setattr(use_case, "RECORD_RETRY_DELAYS", (0.01, 0.01))
+    original = use_case.DeliveryRepository.write_outcome
+    failures = [_database_gone(), _database_gone()]
+
+    def flaky(self: t.Any, *args: t.Any, **kwargs: t.Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(use_case.DeliveryRepository, "write_outcome", flaky)
+    with caplog.at_level(logging.WARNING):
+        work(app)
+
+    [row] = deliveries(db)
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    assert row["team_id"] == installations(db)[0]["team_id"]   # what the attempt set, kept
+    assert slack.count("chat.postMessage") == 1
+    assert caplog.text.count("the database went away while its outcome was recorded") == 2
+
+
+def test_an_outcome_still_unrecorded_after_the_retries_fails_the_job(
+        actions: ApiActions, app: t.Any, db: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    connect(actions)
+    fail_scan(actions, schedule(actions))
+    monkeypatch.setattr(use_case, "RECORD_RETRY_DELAYS", (0.01,))
+
+    def gone(self: t.Any, *args: t.Any, **kwargs: t.Any) -> bool:
+        raise _database_gone()
+
+    monkeypatch.setattr(use_case.DeliveryRepository, "write_outcome", gone)
+    work(app)
+
+    [row] = deliveries(db)
+    assert row["status"] == "sending"   # the sweeper takes it back when its lease lapses
+    [job] = get_queue(get_runtime(app).redis).failed_job_registry.get_job_ids()
+    assert job == row["job_id"]

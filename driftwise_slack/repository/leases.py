@@ -131,6 +131,16 @@ class DeliveryLeases(DeliveryRows):
         rows = self.session.scalars(_ROWS_BY_ID, {"ids": list(taken)})
         return [(row, taken[row.id]) for row in rows]
 
+    @staticmethod
+    def unsaved(row: Delivery) -> dict[str, t.Any]:
+        """The attributes set on ``row`` since it was loaded, and their values."""
+        # From the state's own record of them and each one's history: ``inspect(row).attrs``
+        # would leave a reference cycle (the state and its attribute views) for every
+        # delivery, garbage until the next full collection.
+        state = instance_state(row)
+        return {key: state.dict[key] for key in state.committed_state
+                if get_history(row, key).added}
+
     def write_outcome(self, row: Delivery, values: dict[str, t.Any], *,
                       claimed_job: str | None, over_any_job: bool,
                       delay: dt.timedelta | None, grace: dt.timedelta) -> bool:
@@ -140,12 +150,7 @@ class DeliveryLeases(DeliveryRows):
         database's clock (``lease_until`` ``grace`` later). Other attributes changed on ``row``
         during the attempt are written too. ``False`` (nothing written) when the row changed
         hands; else ``row`` holds what was written, without a flush or a reload."""
-        # The attributes set since the load, from the state's own record of them and each
-        # one's history: ``inspect(row).attrs`` would leave a reference cycle (the state and
-        # its attribute views) for every delivery, garbage until the next full collection.
-        state = instance_state(row)
-        changes = {key: state.dict[key] for key in state.committed_state
-                   if get_history(row, key).added}
+        changes = self.unsaved(row)
         changes.update(values)
         on_postgresql = self.session.get_bind().dialect.name == "postgresql"
         params = {f"v_{key}": value for key, value in changes.items()}
