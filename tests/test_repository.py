@@ -405,7 +405,7 @@ def test_claim_and_load_without_an_installation_or_for_another_job(
     db.commit()
 
 
-def test_insert_values_committed_is_one_durable_statement_on_its_own(
+def test_insert_values_committed_is_one_durable_statement_autocommit_bind(
         engine: Engine, autocommit: Engine, db: t.Any) -> None:
     values = {"dedupe_key": "k:1", "org_id": "org-c", "event_type": "scheduled_scan_failed",
               "schedule_id": "s1", "schedule_name": "Nightly", "channel": "#alerts",

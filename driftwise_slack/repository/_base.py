@@ -39,7 +39,7 @@ _LEASE_KEY = literal_column(LEASE_KEY_SQL, UTCDateTime())
 _DB_NOW = func.statement_timestamp()
 _DB_LATER = _DB_NOW + bindparam("later_by", type_=Interval())
 _NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO OFF")
-#: The key under which a session's info names its autocommit engine (see ``_on_its_own``).
+#: The key under which a session's info names its autocommit engine (see ``_autocommit_bind``).
 AUTOCOMMIT_BIND = "driftwise_slack.autocommit_bind"
 
 
@@ -111,7 +111,7 @@ class DeliveryRows:
         self._no_flush_wait()
         self.session.commit()
 
-    def _on_its_own(self) -> t.Any:
+    def _autocommit_bind(self) -> t.Any:
         """The engine to run the session's next statement on its own, committed as it ends:
         one round trip instead of ``BEGIN``, the statement and ``COMMIT``. It is the engine the
         runtime names in the session's info (:data:`AUTOCOMMIT_BIND`: PostgreSQL, a pool of

@@ -64,14 +64,14 @@ class DeliveryLeases(DeliveryRows):
         when there is none): ``None`` when the claim failed, as :meth:`claim`.
 
         On PostgreSQL, on a session with no transaction open and an autocommit engine (see
-        ``_on_its_own``), it is ONE statement run on its own: the claim's ``UPDATE ..
+        ``_autocommit_bind``), it is ONE statement run on its own: the claim's ``UPDATE ..
         RETURNING`` as a CTE joined with the installation, committed without waiting for the
         WAL flush (a lost claim only lets the sweeper retry). The worker does this before every
         post: one round trip instead of the claim's ``BEGIN``, ``UPDATE``, fast commit and the
         installation's ``BEGIN`` and ``SELECT``. Elsewhere (SQLite, no autocommit engine, or
         inside a transaction) those steps one by one."""
         session = self.session
-        bind = self._on_its_own()
+        bind = self._autocommit_bind()
         if bind is None or session.get_bind().dialect.name != "postgresql":
             row = self.claim(delivery_id=delivery_id, now=now, lease_until=lease_until,
                              job_id=job_id)
