@@ -128,7 +128,8 @@ def deliver_claimed(deps: Deps, row: Delivery, installation: Installation | None
             slack_error="too_many_attempts"))
     if row.event_type == PARENT_UPDATE:
         # A parent edit: its own pacing key, never the channel's post slot (see edits).
-        edit = edits.edit_parent(deps, row, max_attempts=MAX_ATTEMPTS, backoff=backoff)
+        edit = edits.edit_parent(deps, row, installation, max_attempts=MAX_ATTEMPTS,
+                                 backoff=backoff)
         return _record(deps, row, _Outcome(edit.status, edit.reason, slack_error=edit.slack_error,
                                            delay=edit.delay, ts=edit.ts, refund=edit.refund))
     return _record(deps, row, _attempt(deps, row, installation))

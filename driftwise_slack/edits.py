@@ -27,8 +27,7 @@ from .errors import (
     VaultError,
 )
 from .messages import SlackMessage
-from .models import Delivery, DeliveryStatus, Streak
-from .repository import InstallationRepository
+from .models import Delivery, DeliveryStatus, Installation, Streak
 from .streak_repository import StreakRepository
 from .tokens import refresh_if_due_and_open
 
@@ -59,9 +58,10 @@ def _skip(reason: str, slack_error: str | None = None) -> EditOutcome:
     return EditOutcome(DeliveryStatus.SKIPPED, reason, slack_error=slack_error)
 
 
-def edit_parent(deps: Deps, row: Delivery, *, max_attempts: int,
-                backoff: t.Callable[[int], float]) -> EditOutcome:
-    """Bring the parent of the row's streak up to date with one ``chat.update``.
+def edit_parent(deps: Deps, row: Delivery, installation: Installation | None, *,
+                max_attempts: int, backoff: t.Callable[[int], float]) -> EditOutcome:
+    """Bring the parent of the row's streak up to date with one ``chat.update``;
+    ``installation`` is the org's active one, as read with the claim.
 
     Holds the streak row locked while it renders and edits, so two edits of one parent land in
     order. Never raises for Slack's answers; returns what to record.
@@ -81,7 +81,6 @@ def edit_parent(deps: Deps, row: Delivery, *, max_attempts: int,
             return _skip("Not edited: Slack notifications need the Team or Enterprise plan.")
     except PlanCheckFailed:
         return _retry(row, "plan_check_failed", max_attempts, backoff)
-    installation = InstallationRepository(deps.session).active(org_id=row.org_id)
     if installation is None or not installation.valid or installation.team_id != streak.team_id:
         return _skip("Not edited: that Slack workspace is no longer connected.")
     scope = f"edit:{installation.team_id}"

@@ -39,7 +39,7 @@ def enqueue_when_committed(deps: Deps, delivery_id: int, job_id: str, *,
     db.info.setdefault(_PENDING, []).append((asked_in, deps, delivery_id, job_id, delay))
     if not sa_event.contains(db, "after_commit", _drain):
         sa_event.listen(db, "after_commit", _drain)
-        sa_event.listen(db, "after_soft_rollback", _discard)
+        sa_event.listen(db, "after_soft_rollback", _keep_outside)
         sa_event.listen(db, "after_transaction_end", _forget_unfinished)
 
 
@@ -57,11 +57,6 @@ def _drain(db: Session) -> None:
         enqueue_many_after_commit(deps, jobs)
 
 
-def _discard(db: Session, rolled_back: SessionTransaction) -> None:
-    """Forget what was asked for inside the transaction or savepoint just rolled back."""
-    _keep_outside(db, rolled_back)
-
-
 def _forget_unfinished(db: Session, ended: SessionTransaction) -> None:
     """A transaction closed without a commit (``Session.close``) queues nothing either."""
     if ended.parent is None:
@@ -69,6 +64,8 @@ def _forget_unfinished(db: Session, ended: SessionTransaction) -> None:
 
 
 def _keep_outside(db: Session, transaction: SessionTransaction) -> None:
+    """Forget what was asked for inside ``transaction`` (or a savepoint of it), which ended
+    without committing: rolled back, or closed."""
     pending = db.info.get(_PENDING)
     if pending:
         db.info[_PENDING] = [item for item in pending if not _within(item[0], transaction)]

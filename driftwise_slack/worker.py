@@ -152,8 +152,8 @@ def warm_up(deps: Deps) -> None:
     connection; measured, 40 ms) and call Slack's ``api.test`` (no token), which opens the
     connection to Slack (10 ms to the emulator; a TLS handshake to Slack itself). The first
     alert after a start or a deploy is then no slower than the rest. Claims nothing (there is
-    no row 0). Never raises: a failure only leaves that work to the first delivery. Closes
-    the session."""
+    no row 0). Never raises: a failure leaves that step and the ones after it to the first
+    delivery. Closes the session."""
     now = utcnow()
     try:
         DeliveryRepository(deps.session).claim_and_load(
