@@ -29,7 +29,7 @@ from .errors import (
 )
 from .host import EventType
 from .models import PARENT_UPDATE, Delivery, DeliveryStatus, Installation, utcnow
-from .observe import clear_notices, delivery_recorded
+from .observe import delivery_recorded, notices_ended
 from .pacing import clamp_wait
 from .parking import park_lane
 from .queue import enqueue_delivery, get_queue, job_id_for
@@ -342,28 +342,19 @@ def _record(deps: Deps, row: Delivery, outcome: _Outcome) -> str:
 
 def _write_outcome(deps: Deps, row: Delivery, outcome: _Outcome, values: dict[str, t.Any], *,
                    claimed_job: str | None, delay: float) -> set[tuple[str, str]] | None:
-    """One try at :func:`_record`'s writes and commit: the admin notices the delivery cleared,
-    or ``None`` (rolled back) when the row changed hands."""
-    session = deps.session
-    deliveries = DeliveryRepository(session)
+    """One try at :func:`_record`'s writes and commit: the admin notices the delivery cleared
+    (a sent row and its digest's companions end their schedules' problems), or ``None``
+    (rolled back) when the row changed hands."""
     queued = outcome.status is DeliveryStatus.QUEUED
-    written = deliveries.write_outcome(
-        row, dict(values), claimed_job=claimed_job,
-        over_any_job=outcome.status is DeliveryStatus.SENT,
-        delay=dt.timedelta(seconds=delay) if queued else None, grace=SCHEDULE_GRACE)
-    if not written:
-        session.rollback()
-        return None
-    cleared: set[tuple[str, str]] = set()
-    if outcome.status is DeliveryStatus.SENT:
-        cleared = clear_notices(deps, [row, *outcome.companions])
-    if queued:
-        deliveries.commit_fast()   # lost in a crash? the sweeper requeues it
+    sent = outcome.status is DeliveryStatus.SENT
+    cleared = DeliveryRepository(deps.session).write_outcome(
+        row, dict(values), claimed_job=claimed_job, over_any_job=sent,
+        delay=dt.timedelta(seconds=delay) if queued else None, grace=SCHEDULE_GRACE,
+        forget=notices_ended([row, *outcome.companions]) if sent else ())
+    if cleared is not None and queued:
         try:
             enqueue_delivery(get_queue(deps.redis()), row.id, job_id=t.cast(str, row.job_id),
                              delay=delay)
         except RedisError:
             log.error("could not reschedule delivery %s; the sweeper will", row.id)
-    else:
-        session.commit()           # outcomes are durable
     return cleared

@@ -45,7 +45,7 @@ def outcome_of(row: Delivery, *, refund: bool) -> str | None:
 def delivery_recorded(deps: Deps, row: Delivery, *, refund: bool = False,
                       cleared: t.Collection[tuple[str, str]] = ()) -> None:
     """Count the outcome and, for a final one, tell the admins, or tell the host that a problem
-    ``cleared`` (see :func:`clear_notices`) is over. Never raises."""
+    ``cleared`` (see :func:`notices_ended`) is over. Never raises."""
     try:
         outcome = outcome_of(row, refund=refund)
         if outcome is not None:
@@ -87,13 +87,12 @@ def _tell_admins(deps: Deps, row: Delivery, reason: str) -> None:
     log.info("delivery %s: admins of org %s told (%s)", row.id, row.org_id, reason)
 
 
-def clear_notices(deps: Deps, rows: t.Sequence[Delivery]) -> set[tuple[str, str]]:
-    """Sent deliveries end their schedules' problems: forget them (so a new one is told at
-    once), in the transaction that records the send (one indexed delete, no commit of its
-    own). Returns the (org, schedule) pairs that had something to clear, for
-    :func:`delivery_recorded` to tell the host after the commit."""
-    return AdminNoticeRepository(deps.session).forget(
-        {(row.org_id, row.schedule_id) for row in rows})
+def notices_ended(rows: t.Sequence[Delivery]) -> set[tuple[str, str]]:
+    """The (org, schedule) problems that sent deliveries end: their notices are forgotten (so a
+    new one is told at once) in the transaction that records the send (see
+    ``DeliveryLeases.write_outcome``), and those that had one are told to
+    :func:`delivery_recorded` after the commit."""
+    return {(row.org_id, row.schedule_id) for row in rows}
 
 
 def _recovered(deps: Deps, row: Delivery) -> None:

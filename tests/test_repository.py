@@ -424,3 +424,105 @@ def test_insert_values_committed_is_one_durable_statement_autocommit_bind(
     # No synchronous_commit change: the row survives a database crash.
     assert db.execute(text("SELECT id FROM slack_deliveries")).scalars().all() == [new_id]
     db.commit()
+
+
+def _sent_outcome(repo: DeliveryRepository, row: t.Any, *, job: str = "job-1",
+                  delay: dt.timedelta | None = None) -> set[tuple[str, str]] | None:
+    values = {"status": "queued" if delay else "sent", "updated_at": NOW, "lease_until": None,
+              "reason": None, "slack_error": None}
+    return repo.write_outcome(row, values, claimed_job=job, over_any_job=delay is None,
+                              delay=delay, grace=dt.timedelta(seconds=30),
+                              forget=() if delay else {(row.org_id, row.schedule_id)})
+
+
+def _claimed(session: Session, db: t.Any, org_id: str) -> t.Any:
+    row_id = _queued_row(db, org_id)
+    claimed = DeliveryRepository(session).claim_and_load(
+        delivery_id=row_id, now=NOW, lease_until=NOW + dt.timedelta(seconds=45), job_id="job-1")
+    assert claimed is not None
+    return claimed[0]
+
+
+def _watch(*engines: Engine) -> list[tuple[str, bool]]:
+    """Each statement run on ``engines``: (SQL, in psycopg2's autocommit)."""
+    seen: list[tuple[str, bool]] = []
+    for each in engines:
+        event.listen(each, "before_cursor_execute", lambda conn, _cursor, sql, *_rest: (
+            seen.append((sql, conn.connection.dbapi_connection.autocommit))))
+    return seen
+
+
+def test_a_sent_outcome_and_the_notices_it_ends_are_one_durable_statement(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    with _session(engine, autocommit) as session:
+        for org in ("org-a", "org-b"):
+            assert notify(session, org_id=org) is True
+        session.commit()
+        row = _claimed(session, db, "org-a")
+        row.team_id = "T1"   # set during the attempt: written by the same statement
+        seen = _watch(engine, autocommit)
+        assert _sent_outcome(DeliveryRepository(session), row) == {("org-a", "s1")}
+    [(sql, on_its_own)] = seen   # no BEGIN, no DELETE of its own, no COMMIT
+    assert on_its_own and "DELETE FROM slack_admin_notices" in sql and "set_config" not in sql
+    assert tuple(db.execute(text("SELECT status, team_id, lease_until FROM slack_deliveries")
+                            ).one()) == ("sent", "T1", None)
+    assert db.execute(text("SELECT org_id FROM slack_admin_notices")).scalars().all() == [
+        "org-b"]
+    db.commit()
+
+
+def test_an_outcome_over_a_row_that_changed_hands_writes_and_forgets_nothing(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    with _session(engine, autocommit) as session:
+        assert notify(session, org_id="org-a") is True
+        session.commit()
+        row = _claimed(session, db, "org-a")
+        repo = DeliveryRepository(session)
+        # Not a post Slack took (a retry), under a job that no longer holds the row.
+        assert repo.write_outcome(
+            row, {"status": "failed", "updated_at": NOW, "lease_until": None}, claimed_job="old",
+            over_any_job=False, delay=None, grace=dt.timedelta(seconds=30),
+            forget={("org-a", "s1")}) is None
+    assert db.execute(text("SELECT status FROM slack_deliveries")).scalar_one() == "sending"
+    assert db.execute(text("SELECT count(*) FROM slack_admin_notices")).scalar_one() == 1
+    db.commit()
+
+
+def test_a_rescheduled_outcome_on_its_own_skips_the_flush_wait(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    with _session(engine, autocommit) as session:
+        row = _claimed(session, db, "org-a")
+        seen = _watch(engine, autocommit)
+        assert _sent_outcome(DeliveryRepository(session), row,
+                             delay=dt.timedelta(seconds=90)) == set()
+    [(sql, on_its_own)] = seen
+    assert on_its_own and "set_config" in sql
+    status, wait = db.execute(text(
+        "SELECT status, not_before - now() FROM slack_deliveries")).one()
+    assert status == "queued" and wait > dt.timedelta(seconds=80)
+    db.commit()
+
+
+@pytest.mark.parametrize("autocommit_engine", [True, False], ids=["other-writes", "no-engine"])
+def test_an_outcome_with_other_writes_commits_them_in_one_transaction(
+        engine: Engine, autocommit: Engine, db: t.Any, autocommit_engine: bool) -> None:
+    """Other changes in the session (a digest's companions, a streak) are committed with the
+    outcome, atomically: then the statement is not run on its own."""
+    with _session(engine, autocommit if autocommit_engine else None) as session:
+        assert notify(session, org_id="org-a") is True
+        session.commit()
+        row = _claimed(session, db, "org-a")
+        other = _claimed(session, db, "org-b")
+        other.reason = "a companion"
+        seen = _watch(engine, autocommit)
+        assert _sent_outcome(DeliveryRepository(session), row) == {("org-a", "s1")}
+    # The outcome with its DELETE, then the companion's UPDATE (flushed by the commit): both
+    # in one transaction on the session's own engine.
+    [(outcome, first_alone), (flushed, then_alone)] = seen
+    assert "DELETE FROM slack_admin_notices" in outcome and flushed.startswith("UPDATE")
+    assert not (first_alone or then_alone)
+    assert sorted(map(tuple, db.execute(text(
+        "SELECT org_id, status, reason FROM slack_deliveries")).all())) == [
+        ("org-a", "sent", None), ("org-b", "sending", "a companion")]
+    assert db.execute(text("SELECT count(*) FROM slack_admin_notices")).scalar_one() == 0
+    db.commit()

@@ -72,6 +72,16 @@ def _insert_stmt(insert: t.Any, *, many: bool = False) -> t.Any:
     return stmt
 
 
+def _untouched(session: Session) -> bool:
+    """Whether no statement has run in ``session``'s transaction, if it has one. Changing an
+    attribute of a loaded object begins a session transaction too, but one holding no
+    connection: nothing is locked or read in it yet. (SQLAlchemy keeps a transaction's
+    connections in ``_connections``; should that name change, every transaction counts as
+    touched, which is only slower.)"""
+    transaction = session.get_transaction()
+    return transaction is None or not getattr(transaction, "_connections", True)
+
+
 class DeliveryRows:
     """The delivery table over a ``Session``: the basics its query groups share."""
 
@@ -116,12 +126,12 @@ class DeliveryRows:
         one round trip instead of ``BEGIN``, the statement and ``COMMIT``. It is the engine the
         runtime names in the session's info (:data:`AUTOCOMMIT_BIND`: PostgreSQL, a pool of
         its own whose connections are always in autocommit, so no round trips switching a
-        connection in and out of it). ``None`` when there is none or the session already has
-        a transaction open: the caller then runs and commits as usual. Either way the
-        caller's ``session.commit()`` afterwards ends the session's transaction (for the
+        connection in and out of it). ``None`` when there is none or a statement already ran
+        in the session's transaction: the caller then runs and commits as usual. Either way
+        the caller's ``session.commit()`` afterwards ends the session's transaction (for the
         autocommit engine, it only hands the connection back)."""
         session = self.session
-        if session.in_transaction():
+        if not _untouched(session):
             return None
         return session.info.get(AUTOCOMMIT_BIND)
 

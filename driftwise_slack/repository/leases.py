@@ -13,6 +13,7 @@ import typing as t
 from sqlalchemy import (
     Interval,
     bindparam,
+    exists,
     func,
     or_,
     select,
@@ -35,6 +36,7 @@ from ..models import (
 )
 from ._base import DeliveryRows
 from .accounts import InstallationRepository
+from .notices import AdminNoticeRepository, forget_notices
 
 
 class DeliveryLeases(DeliveryRows):
@@ -143,16 +145,29 @@ class DeliveryLeases(DeliveryRows):
 
     def write_outcome(self, row: Delivery, values: dict[str, t.Any], *,
                       claimed_job: str | None, over_any_job: bool,
-                      delay: dt.timedelta | None, grace: dt.timedelta) -> bool:
-        """Write an attempt's outcome on ``row`` in one conditional ``UPDATE``: only while the
-        row is not final and, unless ``over_any_job`` (a post Slack took), still ``sending``
-        under ``claimed_job``. With ``delay`` the row is rescheduled that long from now on the
-        database's clock (``lease_until`` ``grace`` later). Other attributes changed on ``row``
-        during the attempt are written too. ``False`` (nothing written) when the row changed
-        hands; else ``row`` holds what was written, without a flush or a reload."""
+                      delay: dt.timedelta | None, grace: dt.timedelta,
+                      forget: t.Collection[tuple[str, str]] = ()) -> set[tuple[str, str]] | None:
+        """Write an attempt's outcome on ``row`` in one conditional ``UPDATE`` and commit it:
+        only while the row is not final and, unless ``over_any_job`` (a post Slack took), still
+        ``sending`` under ``claimed_job``. With ``delay`` the row is rescheduled that long from
+        now on the database's clock (``lease_until`` ``grace`` later) and committed without
+        waiting for the WAL flush (lost in a crash, the sweeper requeues it); otherwise the
+        commit is durable. Other attributes changed on ``row`` during the attempt are written
+        too, and whatever else the session holds is committed with it. The admin notices of
+        the ``forget`` (org, schedule) pairs go in the same transaction.
+
+        Returns the pairs that had a notice, or ``None`` (rolled back) when the row changed
+        hands; ``row`` then holds what was written, without a flush or a reload.
+
+        On PostgreSQL the notices' ``DELETE`` is a CTE of the ``UPDATE``'s statement, and a
+        session with no transaction open and nothing else to write runs that statement on the
+        autocommit engine (see ``_autocommit_bind``): the whole outcome is then one round trip
+        instead of ``BEGIN``, the ``UPDATE``, the ``DELETE`` and ``COMMIT``, which the worker
+        otherwise spends after every post before it can take the next job."""
+        session = self.session
         changes = self.unsaved(row)
         changes.update(values)
-        on_postgresql = self.session.get_bind().dialect.name == "postgresql"
+        on_postgresql = session.get_bind().dialect.name == "postgresql"
         params = {f"v_{key}": value for key, value in changes.items()}
         params.update(w_id=row.id, w_job=claimed_job)
         if delay is not None:
@@ -161,15 +176,35 @@ class DeliveryLeases(DeliveryRows):
             else:
                 base = values.get("updated_at") or utcnow()
                 params.update(v_not_before=base + delay, v_lease_until=base + delay + grace)
-        stmt = _outcome_statement(tuple(sorted(changes)), over_any_job=over_any_job,
-                                  delayed=delay is not None, on_postgresql=on_postgresql)
-        found = self.session.execute(stmt, params).first()
+        bind = (self._autocommit_bind()
+                if on_postgresql and not _writes_besides(session, row) else None)
+        stmt = _outcome_statement(
+            tuple(sorted(changes)), over_any_job=over_any_job, delayed=delay is not None,
+            on_postgresql=on_postgresql, forget=on_postgresql and bool(forget),
+            no_flush_wait=bind is not None and delay is not None)
+        if on_postgresql and forget:
+            params.update(f_orgs=sorted({org for org, _ in forget}),
+                          f_schedules=sorted({schedule for _, schedule in forget}))
+        found = session.execute(stmt, params, bind_arguments={"bind": bind} if bind else None
+                                ).first()
         if found is None:
-            return False
+            session.rollback()
+            return None
         changes["not_before"], changes["lease_until"] = found[0], found[1]
         for key, value in changes.items():
             set_committed_value(row, key, value)
-        return True
+        if not forget:
+            cleared: set[tuple[str, str]] = set()
+        elif on_postgresql:
+            cleared = {(org, schedule) for org, schedule in found[2] or ()
+                       if (org, schedule) in forget}
+        else:
+            cleared = AdminNoticeRepository(session).forget(forget)
+        if delay is not None and bind is None:
+            self.commit_fast()
+        else:
+            session.commit()   # on the autocommit engine: only hands the connection back
+        return cleared
 
     def unattended(self, *, limit: int = 500, after_id: int = 0,
                    resync: bool = False) -> list[t.Any]:
@@ -358,11 +393,18 @@ def _active_installation(session: Session, org_id: str) -> Installation | None:
 
 @functools.lru_cache(maxsize=128)
 def _outcome_statement(keys: tuple[str, ...], *, over_any_job: bool, delayed: bool,
-                       on_postgresql: bool) -> t.Any:
+                       on_postgresql: bool, forget: bool = False,
+                       no_flush_wait: bool = False) -> t.Any:
     """The outcome's conditional ``UPDATE .. RETURNING`` for one set of changed columns, built
     once (a handful of sets occur: one per kind of outcome). Values come as ``v_<column>``
     parameters; ``w_id``, ``w_job`` and, when ``delayed`` on PostgreSQL, ``w_delay`` and
-    ``w_lease`` (from the database's clock) complete it."""
+    ``w_lease`` (from the database's clock) complete it.
+
+    PostgreSQL only: with ``forget``, the ``UPDATE`` is a CTE and a second one deletes the
+    admin notices of the ``f_orgs`` × ``f_schedules`` parameters if the row was written,
+    answered as a JSON list of (org, schedule) pairs after the two columns; with
+    ``no_flush_wait``, ``set_config`` lets the statement's own (autocommitted) transaction
+    commit without waiting for the WAL flush."""
     columns = sa_inspect(Delivery).columns
     changes: dict[str, t.Any] = {key: bindparam(f"v_{key}", type_=columns[key].type)
                                  for key in keys}
@@ -380,6 +422,23 @@ def _outcome_statement(keys: tuple[str, ...], *, over_any_job: bool, delayed: bo
                            bindparam("w_job", type_=columns["job_id"].type))]
     # No autoflush: the row's other changed attributes are written by this statement itself;
     # a flush first would write them again in an UPDATE of its own.
-    return (update(Delivery).where(*conditions).values(**changes)
-            .returning(Delivery.not_before, Delivery.lease_until)
-            .execution_options(synchronize_session=False, autoflush=False))
+    written = (update(Delivery).where(*conditions).values(**changes)
+               .returning(Delivery.not_before, Delivery.lease_until))
+    if not (forget or no_flush_wait):
+        return written.execution_options(synchronize_session=False, autoflush=False)
+    found = written.cte("written")
+    answer: list[t.Any] = [found.c.not_before, found.c.lease_until]
+    if forget:
+        forgotten = (forget_notices("f_orgs", "f_schedules")
+                     .where(exists(select(found.c.not_before))).cte("forgotten"))
+        answer.append(select(func.json_agg(func.json_build_array(
+            forgotten.c.org_id, forgotten.c.schedule_id))).scalar_subquery())
+    if no_flush_wait:
+        answer.append(func.set_config("synchronous_commit", "off", True))
+    return select(*answer).select_from(found).execution_options(autoflush=False)
+
+
+def _writes_besides(session: Session, row: Delivery) -> bool:
+    """Whether ``session`` holds changes to write other than ``row``'s own."""
+    return bool(session.new or session.deleted
+                or any(other is not row for other in session.dirty))

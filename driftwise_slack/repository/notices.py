@@ -13,12 +13,21 @@ from ._base import _dialect_insert
 #: How often one (org, schedule, reason) problem is told to the host's admins.
 NOTICE_INTERVAL = dt.timedelta(hours=24)
 
-#: Forgets the notices of some orgs' schedules (two lists), answering each pair forgotten.
-#: Built once: it runs with every sent delivery.
-_FORGET = (delete(AdminNotice)
-           .where(AdminNotice.org_id.in_(bindparam("orgs", expanding=True)),
-                  AdminNotice.schedule_id.in_(bindparam("schedules", expanding=True)))
-           .returning(AdminNotice.org_id, AdminNotice.schedule_id))
+
+
+def forget_notices(orgs: str, schedules: str) -> t.Any:
+    """The ``DELETE`` of the notices of some orgs' schedules, answering each pair forgotten:
+    the orgs and the schedules are two lists, the expanding parameters ``orgs`` and
+    ``schedules`` name."""
+    return (delete(AdminNotice)
+            .where(AdminNotice.org_id.in_(bindparam(orgs, expanding=True)),
+                   AdminNotice.schedule_id.in_(bindparam(schedules, expanding=True)))
+            .returning(AdminNotice.org_id, AdminNotice.schedule_id))
+
+
+#: Built once: it runs with every sent delivery (on PostgreSQL, inside the outcome's statement:
+#: see ``DeliveryLeases.write_outcome``).
+_FORGET = forget_notices("orgs", "schedules")
 
 
 class AdminNoticeRepository:
