@@ -526,3 +526,34 @@ def test_an_outcome_with_other_writes_commits_them_in_one_transaction(
         ("org-a", "sent", None), ("org-b", "sending", "a companion")]
     assert db.execute(text("SELECT count(*) FROM slack_admin_notices")).scalar_one() == 0
     db.commit()
+
+
+def test_on_sqlite_an_outcome_forgets_its_notices_in_its_transaction() -> None:
+    """The demo's database has no CTE'd DELETE: the outcome's UPDATE, then the notices'."""
+    from driftwise_slack.models import Base, Delivery
+
+    lite = create_engine("sqlite://")
+    Base.metadata.create_all(lite)
+    try:
+        with Session(lite, expire_on_commit=False) as session:
+            assert notify(session, org_id="org-a") is True
+            assert notify(session, org_id="org-b") is True
+            queued = Delivery(dedupe_key="k:1", org_id="org-a", event_type="scheduled_scan_failed",
+                              schedule_id="s1", schedule_name="Nightly", channel="#alerts",
+                              run_id="r", error="", consecutive_failures=1, occurred_at=NOW,
+                              status="queued", attempts=0, job_id="job-1", created_at=NOW,
+                              updated_at=NOW)
+            session.add(queued)
+            session.commit()
+            row_id = queued.id
+            claimed = DeliveryRepository(session).claim_and_load(
+                delivery_id=row_id, now=NOW, lease_until=NOW + dt.timedelta(seconds=45),
+                job_id="job-1")
+            assert claimed is not None
+            assert _sent_outcome(DeliveryRepository(session), claimed[0]) == {("org-a", "s1")}
+        with lite.connect() as conn:
+            assert conn.execute(text("SELECT status FROM slack_deliveries")).scalar_one() == "sent"
+            assert conn.execute(text("SELECT org_id FROM slack_admin_notices")
+                                ).scalars().all() == ["org-b"]
+    finally:
+        lite.dispose()

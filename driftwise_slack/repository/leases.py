@@ -156,12 +156,12 @@ class DeliveryLeases(DeliveryRows):
         too, and whatever else the session holds is committed with it. The admin notices of
         the ``forget`` (org, schedule) pairs go in the same transaction.
 
-        Returns the pairs that had a notice, or ``None`` (rolled back) when the row changed
-        hands; ``row`` then holds what was written, without a flush or a reload.
+        Returns the pairs that had a notice (``row`` then holds what was written, without a
+        flush or a reload), or ``None`` (rolled back) when the row changed hands.
 
         On PostgreSQL the notices' ``DELETE`` is a CTE of the ``UPDATE``'s statement, and a
-        session with no transaction open and nothing else to write runs that statement on the
-        autocommit engine (see ``_autocommit_bind``): the whole outcome is then one round trip
+        session that has run nothing in its transaction and has nothing else to write runs
+        that statement on the autocommit engine (see ``_autocommit_bind``): the whole outcome is then one round trip
         instead of ``BEGIN``, the ``UPDATE``, the ``DELETE`` and ``COMMIT``, which the worker
         otherwise spends after every post before it can take the next job."""
         session = self.session
