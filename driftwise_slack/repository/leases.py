@@ -161,9 +161,10 @@ class DeliveryLeases(DeliveryRows):
 
         On PostgreSQL the notices' ``DELETE`` is a CTE of the ``UPDATE``'s statement, and a
         session that has run nothing in its transaction and has nothing else to write runs
-        that statement on the autocommit engine (see ``_autocommit_bind``): the whole outcome is then one round trip
-        instead of ``BEGIN``, the ``UPDATE``, the ``DELETE`` and ``COMMIT``, which the worker
-        otherwise spends after every post before it can take the next job."""
+        that statement on the autocommit engine (see ``_autocommit_bind``): the whole outcome
+        is then one round trip instead of ``BEGIN``, the ``UPDATE``, the ``DELETE`` and
+        ``COMMIT``, which the worker otherwise spends after every post before it can take the
+        next job."""
         session = self.session
         changes = self.unsaved(row)
         changes.update(values)
