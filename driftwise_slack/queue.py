@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import threading
 import time
 import typing as t
 import uuid
@@ -44,12 +45,18 @@ PIPELINE_CHUNK = 200
 OVERDUE = 5.0
 #: Our own record of when each scheduled job is due, to the millisecond (job id -> epoch
 #: seconds): RQ's scheduler keeps whole seconds and looks about once a second, which turns a
-#: pacing wait of 0.1 s into one of up to two seconds. Workers move due jobs from it to the queue
-#: every :data:`DUE_POLL` seconds (:func:`release_due`); RQ's own registry, where the job is
-#: also scheduled, stays the fallback (a plain ``rq worker``, a worker without the mover).
+#: pacing wait of 0.1 s into one of up to two seconds. Each worker moves due jobs from it to the
+#: queue when the earliest one's time comes (:func:`release_due`, :func:`next_due`); RQ's own
+#: registry, where the job is also scheduled, stays the fallback (a plain ``rq worker``, a
+#: worker without the mover).
 DUE_KEY = "driftwise_slack:due"
-#: How often a worker looks for due jobs in :data:`DUE_KEY`: one ``ZRANGEBYSCORE`` each time.
-DUE_POLL = 0.02
+#: The longest a worker's mover goes without looking at :data:`DUE_KEY`: how late a job can be
+#: moved when another process scheduled it and the due times this worker knew of were all later
+#: (a worker's own jobs wake its mover at once, see :data:`due_scheduled`).
+DUE_IDLE = 0.5
+#: Set when this process schedules a job in :data:`DUE_KEY`: its worker's mover (if it runs
+#: one) looks again now rather than at the end of its sleep.
+due_scheduled = threading.Event()
 
 
 class _Embedded(t.Protocol):
@@ -109,6 +116,7 @@ def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
                              pipeline=pipe, **options)
             pipe.zadd(DUE_KEY, {job_id: due})
             pipe.execute()
+        due_scheduled.set()
     elif pipeline is not None:
         queue.enqueue_call(DELIVER, args=(delivery_id,), timeout=JOB_TIMEOUT, pipeline=pipeline,
                            **options)
@@ -218,6 +226,14 @@ def release_due(queue: Queue, *, now: float | None = None, limit: int = PIPELINE
         moved = _enqueue_stored(queue, won, pipe)
         pipe.execute()
     return moved
+
+
+def next_due(connection: Redis) -> float | None:
+    """When the earliest job of :data:`DUE_KEY` is due (epoch seconds), or ``None`` when none
+    is. Raises ``redis.exceptions.RedisError`` when Redis is unreachable."""
+    earliest = t.cast(list[tuple[t.Any, float]],
+                      connection.zrange(DUE_KEY, 0, 0, withscores=True))
+    return float(earliest[0][1]) if earliest else None
 
 
 def _enqueue_stored(queue: Queue, job_ids: t.Sequence[str], pipe: t.Any) -> int:

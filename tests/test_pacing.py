@@ -11,8 +11,15 @@ import redis as redis_lib
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 
+from driftwise_slack import worker
 from driftwise_slack.pacing import SLOT_MARGIN, ChannelPacer
-from driftwise_slack.queue import DUE_KEY, enqueue_delivery, get_queue, release_due
+from driftwise_slack.queue import (
+    DUE_KEY,
+    enqueue_delivery,
+    get_queue,
+    next_due,
+    release_due,
+)
 
 
 def _pacer(redis: redis_lib.Redis, url: str | None, rate: str = "3 per second") -> ChannelPacer:
@@ -159,6 +166,52 @@ def test_scheduled_jobs_move_to_the_queue_when_due_to_the_millisecond(
     assert registry.get_job_ids() == ["dwslack-a-2"]
     assert redis.zrange(DUE_KEY, 0, -1) == [b"dwslack-a-2"]
     assert release_due(queue, now=due + 1) == 0   # moved once
+
+
+def test_next_due_is_the_earliest_due_time_or_none(redis: redis_lib.Redis) -> None:
+    assert next_due(redis) is None
+    queue = get_queue(redis)
+    enqueue_delivery(queue, 2, job_id="dwslack-a-2", delay=5.0)
+    enqueue_delivery(queue, 1, job_id="dwslack-a-1", delay=0.5)
+    assert next_due(redis) == redis.zscore(DUE_KEY, "dwslack-a-1")
+
+
+def _until(predicate: t.Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_mover_sleeps_until_a_job_of_its_own_process_is_scheduled(
+        redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle, the mover looks once per ``DUE_IDLE`` (not every 20 ms); a job this process
+    schedules wakes it, and it moves the job when due, long before its idle look."""
+    looks: list[float] = []
+
+    def counted(queue: t.Any) -> int:
+        looks.append(time.monotonic())
+        return release_due(queue)
+
+    monkeypatch.setattr(worker, "release_due", counted)
+    monkeypatch.setattr(worker, "DUE_IDLE", 0.25)
+    mover = worker._DueMover(redis)
+    mover.start()
+    try:
+        time.sleep(1.0)
+        assert 2 <= len(looks) <= 8   # about 1 / 0.25; polling every 20 ms made it 50
+        monkeypatch.setattr(worker, "DUE_IDLE", 60.0)
+        time.sleep(0.3)   # the mover is now in a long sleep
+        queue = get_queue(redis)
+        enqueue_delivery(queue, 1, job_id="dwslack-a-1", delay=0.2)
+        assert _until(lambda: queue.job_ids == ["dwslack-a-1"])
+        assert redis.zcard(DUE_KEY) == 0
+    finally:
+        mover.stop()
+        mover.join(timeout=5)
+    assert not mover.is_alive()   # stop() wakes it out of its sleep
 
 
 def test_a_job_moved_or_dropped_by_others_is_forgotten(redis: redis_lib.Redis) -> None:
