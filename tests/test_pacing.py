@@ -15,6 +15,8 @@ from driftwise_slack import worker
 from driftwise_slack.pacing import SLOT_MARGIN, ChannelPacer
 from driftwise_slack.queue import (
     DUE_KEY,
+    OVERDUE,
+    alive_jobs,
     enqueue_delivery,
     get_queue,
     next_due,
@@ -212,6 +214,27 @@ def test_the_mover_sleeps_until_a_job_of_its_own_process_is_scheduled(
         mover.stop()
         mover.join(timeout=5)
     assert not mover.is_alive()   # stop() wakes it out of its sleep
+
+
+def test_alive_jobs_are_queued_or_scheduled_in_time_never_overdue_or_gone(
+        redis: redis_lib.Redis) -> None:
+    queue = get_queue(redis)
+    enqueue_delivery(queue, 1, job_id="dwslack-q-1")
+    enqueue_delivery(queue, 2, job_id="dwslack-s-2", delay=30.0)
+    enqueue_delivery(queue, 3, job_id="dwslack-s-3", delay=30.0)
+    enqueue_delivery(queue, 4, job_id="dwslack-s-4", delay=30.0)
+    enqueue_delivery(queue, 5, job_id="dwslack-f-5")
+    registry = ScheduledJobRegistry(queue=queue)
+    now = time.time()
+    # dwslack-s-3: its scheduler died long ago (overdue); dwslack-s-4: lost from the registry.
+    redis.zadd(registry.key, {"dwslack-s-3": now - OVERDUE - 1})
+    registry.remove("dwslack-s-4")
+    Job.fetch("dwslack-f-5", connection=redis).set_status(JobStatus.FINISHED)
+
+    assert alive_jobs(redis, ["dwslack-q-1", "dwslack-s-2", "dwslack-s-3", "dwslack-s-4",
+                              "dwslack-f-5", "dwslack-gone"], now=now) == {
+        "dwslack-q-1", "dwslack-s-2"}
+    assert alive_jobs(redis, []) == set()
 
 
 def test_a_job_moved_or_dropped_by_others_is_forgotten(redis: redis_lib.Redis) -> None:
