@@ -273,3 +273,24 @@ def test_without_redis_a_post_goes_unpaced_and_the_log_names_no_secret(
 def test_moving_due_jobs_without_redis_raises_for_the_mover_to_retry() -> None:
     with pytest.raises(redis_lib.exceptions.ConnectionError):
         release_due(get_queue(_unreachable()))
+
+
+def test_the_mover_without_redis_warns_once_keeps_trying_and_stops(caplog: t.Any) -> None:
+    """Redis down: one warning naming the error class (no address, no password), a look every
+    second meanwhile, and stop() still ends the thread."""
+    unreachable = redis_lib.Redis.from_url("redis://:s3cret-password@127.0.0.1:1/0",
+                                           socket_connect_timeout=0.5)
+    mover = worker._DueMover(unreachable)
+    with caplog.at_level("WARNING", logger="driftwise_slack.worker"):
+        mover.start()
+        try:
+            assert _until(lambda: bool(caplog.records))
+            time.sleep(1.5)   # at least one more failed look, not logged again
+            assert mover.is_alive()
+        finally:
+            mover.stop()
+            mover.join(timeout=5)
+    assert not mover.is_alive()
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not move due jobs (ConnectionError); retrying every second"]
+    assert "s3cret" not in caplog.text

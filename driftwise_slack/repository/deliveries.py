@@ -106,7 +106,8 @@ class DeliveryRepository(DeliveryLeases):
 
     def insert_values_committed(self, values: t.Mapping[str, t.Any]) -> int | None:
         """:meth:`insert_values`, committed (durably) before it returns. On PostgreSQL, on a
-        session with no transaction open, the ``INSERT`` runs on its own: one round trip."""
+        session that has run nothing in its transaction, the ``INSERT`` runs on its own: one
+        round trip (see ``_autocommit_bind``)."""
         new_id = self.insert_values(values, bind=self._autocommit_bind())
         self.session.commit()
         return new_id

@@ -65,13 +65,14 @@ class DeliveryLeases(DeliveryRows):
         """:meth:`claim` and commit the row, and load its org's active installation (``None``
         when there is none): ``None`` when the claim failed, as :meth:`claim`.
 
-        On PostgreSQL, on a session with no transaction open and an autocommit engine (see
-        ``_autocommit_bind``), it is ONE statement run on its own: the claim's ``UPDATE ..
-        RETURNING`` as a CTE joined with the installation, committed without waiting for the
-        WAL flush (a lost claim only lets the sweeper retry). The worker does this before every
-        post: one round trip instead of the claim's ``BEGIN``, ``UPDATE``, fast commit and the
-        installation's ``BEGIN`` and ``SELECT``. Elsewhere (SQLite, no autocommit engine, or
-        inside a transaction) those steps one by one."""
+        On PostgreSQL, on a session that has run nothing in its transaction and has an
+        autocommit engine (see ``_autocommit_bind``), it is ONE statement run on its own: the
+        claim's ``UPDATE .. RETURNING`` as a CTE joined with the installation, committed
+        without waiting for the WAL flush (a lost claim only lets the sweeper retry). The
+        worker does this before every post: one round trip instead of the claim's ``BEGIN``,
+        ``UPDATE``, fast commit and the installation's ``BEGIN`` and ``SELECT``. Elsewhere
+        (SQLite, no autocommit engine, or after a statement of the session's transaction)
+        those steps one by one."""
         session = self.session
         bind = self._autocommit_bind()
         if bind is None or session.get_bind().dialect.name != "postgresql":
