@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: The smallest wait we reschedule for.
 MIN_WAIT = 0.05
-#: The member that keeps a channel's window key in being between posts (see ``_tidy``).
+#: The member that keeps a channel's window key in being between posts (see :class:`_AfterUpkeep`).
 _KEEP_MARKER = "keep"
 #: How much longer our window is than Slack's. We take a slot just before sending, Slack counts
 #: when the request arrives, and the time in between varies by a few milliseconds: with equal
@@ -95,7 +95,7 @@ class ChannelPacer:
     def _hold_key(self, scope: str, channel: str) -> str:
         return f"{_HOLD_PREFIX}{scope}:{channel}"
 
-    def _bucket(self, key: str, rate: Rate) -> AbstractBucket:
+    def _bucket(self, key: str, rate: Rate, client: t.Any = None) -> AbstractBucket:
         if not self._in_redis:
             with self._memory_lock:
                 bucket = self._memory.get(key)
@@ -108,7 +108,7 @@ class ChannelPacer:
         redis = self._connect()
         if self._script is None:
             self._script = RedisBucket.init([rate], redis, key).script_hash
-        return RedisBucket([rate], redis, key, self._script)
+        return RedisBucket([rate], client if client is not None else redis, key, self._script)
 
     def prepare(self) -> None:
         """Load the pacing script into Redis now, rather than at the first post. Raises
@@ -116,14 +116,15 @@ class ChannelPacer:
         if self._in_redis and self._script is None:
             self._bucket(f"{_WINDOW_PREFIX}prepare", self.rate)
 
-    def _admit(self, key: str, rate: Rate) -> float:
-        """Take a slot of ``key``'s window: 0, or the seconds until one opens."""
+    def _admit(self, key: str, rate: Rate, client: t.Any = None) -> float:
+        """Take a slot of ``key``'s window: 0, or the seconds until one opens. ``client``: the
+        Redis client the bucket sends its script through (see :class:`_AfterUpkeep`)."""
         now_ms = time.time_ns() // 1_000_000
         for _ in range(2):
             try:
                 # Our buckets are synchronous (a sync Redis client, or memory).
-                decision = t.cast("Decision",
-                                  self._bucket(key, rate).put_decision(RateItem("post", now_ms)))
+                bucket = self._bucket(key, rate, client)
+                decision = t.cast("Decision", bucket.put_decision(RateItem("post", now_ms)))
                 break
             except NoScriptError:   # Redis restarted and forgot the script: load it again
                 self._script = None
@@ -145,7 +146,8 @@ class ChannelPacer:
         and whether that is because Slack asked us to slow down (``held``: a 429's hold is on
         this workspace's channel). ``rate`` (a ``limits`` string) replaces the channel rate,
         for keys of their own such as parent edits (``team_id`` then names that key, e.g.
-        ``edit:T123``). Two Redis round trips: the hold and the window's upkeep, then the slot.
+        ``edit:T123``). One Redis round trip: the hold, the window's upkeep and the slot together
+        (see :class:`_AfterUpkeep`).
 
         ``ahead``, asked only when the window is full, says how many posts of this channel
         wait before this one. The wait then reaches the window those posts leave room in, so a
@@ -153,14 +155,19 @@ class ChannelPacer:
         of all of it at the next free slot, where all but a few would be turned away again."""
         window = _window_rate(rate) if rate else self.rate
         key = f"{_WINDOW_PREFIX}{team_id}:{channel}"
+        hold_key = self._hold_key(team_id, channel)
         try:
             if self._in_redis:
-                held_ms = self._tidy(key, window, self._hold_key(team_id, channel))
+                client = _AfterUpkeep(self._connect(), key, window, hold_key)
+                wait = self._admit(key, window, client)
+                held_ms = client.held_ms
+                if held_ms > 0 and not wait:
+                    client.give_back()
             else:
-                held_ms = self._connect().pttl(self._hold_key(team_id, channel))
+                held_ms = self._connect().pttl(hold_key)
+                wait = 0.0 if held_ms and held_ms > 0 else self._admit(key, window)
             if held_ms and held_ms > 0:
                 return Admission(max(MIN_WAIT, held_ms / 1000), held=True)
-            wait = self._admit(key, window)
             if not wait:
                 return Admission(0.0)
             windows = (ahead() if ahead is not None else 0) // window.limit
@@ -168,22 +175,6 @@ class ChannelPacer:
         except RedisError as exc:
             log.warning("pacing unavailable (%s); posting without it", type(exc).__name__)
             return Admission(0.0)
-
-    def _tidy(self, key: str, window: Rate, hold_key: str) -> int:
-        """In one round trip: the hold's time left (ms); the window's entries that no longer
-        count removed, and its key set to vanish once the channel has been quiet for two
-        windows. A marker scored 0 (never inside a window, so never counted) keeps the key in
-        being, with that expiry, for the slot about to be added: without it a quiet channel's
-        emptied key would be made anew by the slot, with no expiry, and need a round trip of
-        its own to get one."""
-        now_ms = time.time_ns() // 1_000_000
-        with self._connect().pipeline(transaction=False) as pipe:
-            pipe.pttl(hold_key)
-            pipe.zremrangebyscore(key, 0, now_ms - window.interval - 1)
-            pipe.zadd(key, {_KEEP_MARKER: 0})
-            pipe.pexpire(key, 2 * window.interval)
-            held_ms = pipe.execute()[0]
-        return int(held_ms)
 
     def hold(self, *, scope: str, channel: str, seconds: float) -> None:
         """Slack said 429 for this channel: nobody posts there for ``seconds``. ``scope`` is the
@@ -193,3 +184,47 @@ class ChannelPacer:
                                 px=max(1, int(clamp_wait(seconds) * 1000)))
         except RedisError as exc:
             log.warning("could not record a rate-limit hold (%s)", type(exc).__name__)
+
+
+class _AfterUpkeep:
+    """The Redis client a :class:`RedisBucket` is handed for one admission. The bucket sends one
+    command, ``evalsha`` (its check-and-take script); this sends it in one pipeline behind
+    the hold's time left and the window's upkeep, so that an admission is one round trip, and
+    keeps the hold's answer in :attr:`held_ms`.
+
+    The upkeep removes the window's entries that no longer count and sets its key to vanish
+    once the channel has been quiet for two windows. A marker scored 0 (never inside a window,
+    so never counted) keeps the key in being, with that expiry, for the slot about to be added:
+    without it a quiet channel's emptied key would be made anew by the slot, with no expiry.
+
+    The slot is asked for before the hold's answer is known, so a post that finds its channel
+    held may have taken one: :meth:`give_back` removes it (a second round trip, on that rare
+    path only). It finds the slot by the script's naming of its entries (the item's name, then
+    its number); were that to change, the slot would stay, costing the channel at most one
+    window's wait after the hold, which outlasts a window anyway (Slack's are whole seconds)."""
+
+    def __init__(self, redis: Redis, key: str, window: Rate, hold_key: str) -> None:
+        self.redis, self.key, self.window, self.hold_key = redis, key, window, hold_key
+        self.held_ms = 0
+        self._entries: list[str] = []
+
+    def give_back(self) -> None:
+        """Remove the slot taken by this admission's script."""
+        if self._entries:
+            self.redis.zrem(self.key, *self._entries)
+
+    def evalsha(self, *args: t.Any) -> t.Any:
+        # (sha, number of keys, the keys..., timestamp, weight, item name, ...)
+        after_keys = 2 + int(args[1])
+        weight, name = int(args[after_keys + 1]), str(args[after_keys + 2])
+        self._entries = [f"{name}{number}" for number in range(1, weight + 1)]
+        now_ms = time.time_ns() // 1_000_000
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.pttl(self.hold_key)
+            pipe.zremrangebyscore(self.key, 0, now_ms - self.window.interval - 1)
+            pipe.zadd(self.key, {_KEEP_MARKER: 0})
+            pipe.pexpire(self.key, 2 * self.window.interval)
+            pipe.evalsha(*args)
+            replies = pipe.execute()
+        self.held_ms = int(replies[0])
+        return replies[-1]

@@ -557,3 +557,47 @@ def test_on_sqlite_an_outcome_forgets_its_notices_in_its_transaction() -> None:
                                 ).scalars().all() == ["org-b"]
     finally:
         lite.dispose()
+
+
+def _values(key: str, **changes: t.Any) -> dict[str, t.Any]:
+    values = {"dedupe_key": key, "org_id": "org-a", "event_type": "scheduled_scan_failed",
+              "schedule_id": "s1", "schedule_name": "Nightly 100% ok", "channel": "C1",
+              "run_id": "r1", "error": "boom: %(x)s", "consecutive_failures": 2,
+              "disable_after": 3, "occurred_at": NOW - dt.timedelta(minutes=1),
+              "created_at": NOW, "updated_at": NOW, "attempts": 0, "status": "queued",
+              "reason": None, "lease_until": NOW + dt.timedelta(seconds=60), "job_id": "job-1"}
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize("own_commit", [True, False])
+def test_insert_values_writes_the_row_core_would_and_skips_a_known_dedupe_key(
+        engine: Engine, autocommit: Engine, db: t.Any, own_commit: bool) -> None:
+    # Timestamps given in another zone are stored as the same instant; text holding the
+    # driver's parameter marks is stored as it is.
+    values = _values("k1", occurred_at=(NOW - dt.timedelta(minutes=1)).astimezone(
+        dt.timezone(dt.timedelta(hours=5))))
+    with _session(engine, autocommit) as session:
+        repo = DeliveryRepository(session)
+        first = (repo.insert_values_committed(values) if own_commit
+                 else repo.insert_values(values))
+        again = (repo.insert_values_committed(values) if own_commit
+                 else repo.insert_values(values))
+        if not own_commit:
+            session.commit()
+    assert isinstance(first, int) and again is None
+    row = db.execute(text("SELECT * FROM slack_deliveries")).mappings().one()
+    assert row["id"] == first and row["digest"] is False   # left to its server default
+    for key, value in _values("k1").items():
+        assert row[key] == value, key
+
+
+def test_insert_values_refuses_naive_timestamps_and_unknown_columns_writing_nothing(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    with _session(engine, autocommit) as session:
+        repo = DeliveryRepository(session)
+        with pytest.raises(ValueError, match="naive"):
+            repo.insert_values_committed(_values("k1", created_at=NOW.replace(tzinfo=None)))
+        with pytest.raises(KeyError):
+            repo.insert_values_committed(_values("k2", no_such_column=1))
+    assert db.execute(text("SELECT count(*) FROM slack_deliveries")).scalar_one() == 0
