@@ -149,7 +149,8 @@ def sweep(deps: Deps, *, batch: int = SWEEP_BATCH,
 
 def warm_up(deps: Deps) -> None:
     """Before the first job, do the one-off work every delivery's path to its post needs:
-    build and cache the claim's statement (compiled once per process), load the pacing script
+    build and cache the claim's statement (compiled once per process, and prepared on the
+    connection the worker's jobs take first, see ``repository.prepared``), load the pacing script
     into Redis, ask the host for one installed org's plan (the host's first lookup opens its
     connection; measured, 40 ms) and call Slack's ``api.test`` (no token), which opens the
     connection to Slack (10 ms to the emulator; a TLS handshake to Slack itself). The first

@@ -163,8 +163,9 @@ def test_warming_up_claims_nothing_and_prepares_the_claim_pacing_plan_and_slack(
         worker.warm_up(runtime.deps())
         assert runtime.pacer._script is not None
         assert redis.script_exists(runtime.pacer._script) == [True]
+    # The claim is planned on the worker's connection (see repository.prepared), and run.
     assert [" ".join(sql.split())[:24] for sql in seen] == [
-        "WITH claimed AS (UPDATE ", "SELECT slack_installatio"]
+        "PREPARE driftwise_slack_", "EXECUTE driftwise_slack_", "SELECT slack_installatio"]
     assert deliveries(db) == [before]
     assert slack.count("api.test") == 1 and slack.count("chat.postMessage") == 0
 

@@ -374,8 +374,10 @@ def test_claim_and_load_takes_the_row_and_the_latest_installation_in_one_commit(
         row, installation = claimed
         assert (row.id, row.status, row.attempts) == (row_id, "sending", 1)
         assert installation is not None and installation.team_id == "T-NEW"
-        [(sql, autocommit)] = statements      # no separate commit or lookup
-        assert autocommit and "set_config" in sql
+        # Planned once on this connection, then run by name: no separate commit or lookup.
+        [(prepare, autocommit), (run, _)] = statements
+        assert autocommit and prepare.startswith("PREPARE ") and "set_config" in prepare
+        assert run.startswith(f"EXECUTE {prepare.split()[1]} ")
         # Committed: another connection sees the claim.
         assert db.execute(text("SELECT status FROM slack_deliveries WHERE id = :id"),
                           {"id": row_id}).scalar_one() == "sending"
@@ -601,3 +603,41 @@ def test_insert_values_refuses_naive_timestamps_and_unknown_columns_writing_noth
         with pytest.raises(KeyError):
             repo.insert_values_committed(_values("k2", no_such_column=1))
     assert db.execute(text("SELECT count(*) FROM slack_deliveries")).scalar_one() == 0
+
+
+def test_a_prepared_claim_is_run_by_name_and_survives_its_statement_going_away(
+        engine: Engine, autocommit: Engine, db: t.Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from driftwise_slack.repository import prepared
+
+    monkeypatch.setattr(prepared, "_off", threading.Event())   # this test's own switch
+    rows = [_queued_row(db, "org-a", job_id=f"job-{n}") for n in range(4)]
+    sent: list[str] = []
+    event.listen(autocommit, "before_cursor_execute",
+                 lambda _conn, _cursor, sql, *_rest: sent.append(sql.split()[0]))
+    lease = {"now": NOW, "lease_until": NOW + dt.timedelta(seconds=45)}
+
+    def claim(row_id: int, job: str) -> list[str]:
+        sent.clear()
+        with _session(engine, autocommit) as session:
+            claimed = DeliveryRepository(session).claim_and_load(delivery_id=row_id,
+                                                                 job_id=job, **lease)
+            assert claimed is not None and claimed[0].status == "sending"
+        return [sql for sql in sent if sql in ("PREPARE", "EXECUTE", "WITH")]
+
+    assert claim(rows[0], "job-0") == ["PREPARE", "EXECUTE"]
+    assert claim(rows[1], "job-1") == ["EXECUTE"]   # the same pooled connection knows it
+    # Known on the server but not to us (a pooler's other client prepared it): taken as done.
+    with autocommit.connect() as conn:
+        conn.connection.info[prepared._PREPARED].clear()
+    assert claim(rows[2], "job-2") == ["PREPARE", "EXECUTE"]
+    # Gone from the server (discarded by a pooler): the plain statement, and no more preparing.
+    with autocommit.connect() as conn:   # the pool's one connection, as above
+        conn.exec_driver_sql("DEALLOCATE ALL")
+    assert claim(rows[3], "job-3") == ["EXECUTE", "WITH"]
+    assert prepared._off.is_set()
+    assert [r.levelname for r in caplog.records if "prepared statements" in r.message] == [
+        "WARNING"]
+    db.commit()
+    assert db.execute(text("SELECT count(*) FROM slack_deliveries WHERE status = 'sending' "
+                           "AND attempts = 1")).scalar_one() == 4

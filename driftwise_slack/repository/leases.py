@@ -37,6 +37,7 @@ from ..models import (
 from ._base import DeliveryRows
 from .accounts import InstallationRepository
 from .notices import AdminNoticeRepository, forget_notices
+from .prepared import Prepared
 
 
 class DeliveryLeases(DeliveryRows):
@@ -83,9 +84,10 @@ class DeliveryLeases(DeliveryRows):
                 return None
             self.commit_fast()
             return row, _active_installation(session, row.org_id)
-        found = session.execute(_claim_and_load_statement(job_id is not None), {
-            "claim_id": delivery_id, "claim_job": job_id,
-            "claim_lease": lease_until - now}, bind_arguments={"bind": bind}).first()
+        params: dict[str, t.Any] = {"claim_id": delivery_id, "claim_lease": lease_until - now}
+        if job_id is not None:
+            params["claim_job"] = job_id
+        found: t.Any = _prepared_claim(job_id is not None).execute(session, bind, params).first()
         session.commit()   # nothing left to commit: hands the connection back
         if found is None:
             return None
@@ -387,6 +389,13 @@ def _claim_and_load_statement(by_job: bool) -> t.Any:
                    func.set_config("synchronous_commit", "off", True))
             .select_from(claimed).outerjoin(latest, true())
             .execution_options(populate_existing=True))
+
+
+@functools.cache
+def _prepared_claim(by_job: bool) -> Prepared:
+    """:func:`_claim_and_load_statement`, planned once per connection (see :mod:`.prepared`)."""
+    inputs = ("claim_id", "claim_lease", "claim_job") if by_job else ("claim_id", "claim_lease")
+    return Prepared(_claim_and_load_statement(by_job), inputs)
 
 
 def _active_installation(session: Session, org_id: str) -> Installation | None:
