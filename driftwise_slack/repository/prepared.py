@@ -69,9 +69,20 @@ class Prepared:
         run: t.Any = text(
             f"EXECUTE {self.name} ({', '.join(f':p{i}' for i in range(len(order)))})")
         if hasattr(statement, "selected_columns"):
-            run = run.columns(*statement.selected_columns)
-            described = [each["expr"] for each in statement.column_descriptions]
-            run = type(statement)(*described).from_statement(run)
+            # Loaded as the mapped classes themselves, not the statement's aliases of them:
+            # columns matched to an alias are adapted anew on every run (more time than the
+            # planning saved), the classes' own columns once.
+            entities, columns = [], []
+            for each in statement.column_descriptions:
+                mapper = getattr(each["entity"], "__mapper__", None) if each["entity"] is \
+                    each["expr"] else None
+                if mapper is None:
+                    entities.append(each["expr"])
+                    columns.append(each["expr"])
+                else:
+                    entities.append(mapper.class_)
+                    columns.extend(mapper.local_table.columns)
+            run = type(statement)(*entities).from_statement(run.columns(*columns))
         self._run = run.execution_options(**statement.get_execution_options())
 
     def execute(self, session: Session, bind: t.Any, params: dict[str, t.Any]) -> Result[t.Any]:
