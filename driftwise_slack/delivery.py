@@ -60,6 +60,9 @@ SCHEDULE_GRACE = dt.timedelta(seconds=60)
 #: A paced post looks this far back in its lane to find its place in the line (see
 #: pacing.ChannelPacer.wait_for); further back it waits as if this many were ahead.
 AHEAD_LIMIT = 1000
+#: Pauses of a job whose row its dispatcher has not committed yet (see _claim_dispatched):
+#: 0.5 s in all, far longer than a commit takes unless the database is stalling.
+DISPATCH_WAITS = (0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256)
 #: Pauses before trying again to record an outcome when the database went away (a restart,
 #: a failover): 7.5 s in all, well within the lease and the job's timeout.
 RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
@@ -99,22 +102,55 @@ class _Outcome:
         self.companions = companions
 
 
-def deliver_one(deps: Deps, delivery_id: int) -> str:
-    """Deliver delivery ``delivery_id`` once. Returns the final or interim status (for logs and
-    tests): ``not_claimed`` when another worker holds the row or it is already handled."""
-    session = deps.session
-    deliveries = DeliveryRepository(session)
-    now = utcnow()
+def deliver_one(deps: Deps, delivery: int | str) -> str:
+    """Deliver one notification once: ``delivery`` is its row's id, or the dedupe key of a row
+    whose dispatcher queued this job as it wrote the row (see :func:`_claim_dispatched`).
+    Returns the final or interim status (for logs and tests): ``not_claimed`` when another
+    worker holds the row, it is already handled, or it never came."""
     job = get_current_job()   # None outside RQ: then any claimable row is ours
-    claimed = deliveries.claim_and_load(delivery_id=delivery_id, now=now,
-                                        lease_until=now + SEND_LEASE,
-                                        job_id=job.id if job is not None else None)
+    job_id = job.id if job is not None else None
+    if isinstance(delivery, str):
+        claimed = _claim_dispatched(deps, delivery, job_id)
+    else:
+        claimed = _claim(deps, job_id, delivery_id=delivery)
     if claimed is None:
         log.info("delivery %s already handled, held by another worker or re-queued under "
-                 "another job", delivery_id)
+                 "another job", delivery)
         return "not_claimed"
     row, installation = claimed
     return deliver_claimed(deps, row, installation)
+
+
+def _claim(deps: Deps, job_id: str | None,
+           **row: t.Any) -> tuple[Delivery, Installation | None] | None:
+    now = utcnow()
+    return DeliveryRepository(deps.session).claim_and_load(
+        now=now, lease_until=now + SEND_LEASE, job_id=job_id, **row)
+
+
+def _claim_dispatched(deps: Deps, dedupe_key: str,
+                      job_id: str | None) -> tuple[Delivery, Installation | None] | None:
+    """Claim the row a dispatcher is writing as this job runs: the dispatcher queues the job
+    first and commits the row while RQ hands the job over, so the row is usually there. When
+    it is not, and no row with its key is either (a row with it that cannot be claimed is a
+    duplicate's, or handled), the job waits for it, a little longer each time, up to
+    :data:`DISPATCH_WAITS`. A row that comes later still is ``queued`` under this job's id with
+    a running lease: the sweeper queues it again once that lapses. Nothing is lost."""
+    deliveries = DeliveryRepository(deps.session)
+    for pause in (*DISPATCH_WAITS, None):
+        claimed = _claim(deps, job_id, dedupe_key=dedupe_key)
+        if claimed is not None:
+            return claimed
+        if deliveries.written(dedupe_key=dedupe_key):
+            deps.session.rollback()
+            return None
+        deps.session.rollback()
+        if pause is None:
+            log.warning("the row of job %s did not appear; the sweeper will queue it if it "
+                        "comes", job_id)
+            return None
+        time.sleep(pause)
+    return None
 
 
 def deliver_claimed(deps: Deps, row: Delivery, installation: Installation | None) -> str:

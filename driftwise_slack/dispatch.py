@@ -13,7 +13,12 @@ import typing as t
 
 from .host import EventType, ScanEvent
 from .models import DeliveryStatus, utcnow
-from .outbox import enqueue_after_commit, enqueue_many_after_commit, enqueue_when_committed
+from .outbox import (
+    enqueue_before_insert,
+    enqueue_many_after_commit,
+    enqueue_when_committed,
+    take_back,
+)
 from .queue import job_id_for
 from .repository import DeliveryRepository
 from .row_fit import fit_event
@@ -78,17 +83,38 @@ def dispatch(deps: Deps, event: ScanEvent, *, in_caller_transaction: bool = Fals
     # One statement: the insert, the dedupe and the new id (no select-then-insert race); on
     # our own, committed by that statement.
     repo = DeliveryRepository(db)
-    delivery_id = (repo.insert_values(values) if in_caller_transaction
-                   else repo.insert_values_committed(values))
+    if in_caller_transaction:
+        delivery_id = repo.insert_values(values)
+        if delivery_id is not None and job_id is not None:
+            enqueue_when_committed(deps, delivery_id, job_id)
+    elif job_id is None:
+        delivery_id = repo.insert_values_committed(values)
+    else:
+        delivery_id = _insert_woken(deps, repo, values)
     if delivery_id is None:
         log.info("duplicate event %s ignored", event.dedupe_key)
-        return
-    if job_id is None:
-        return
-    if in_caller_transaction:
-        enqueue_when_committed(deps, delivery_id, job_id)
-    else:
-        enqueue_after_commit(deps, delivery_id, job_id)
+
+
+def _insert_woken(deps: Deps, repo: DeliveryRepository, values: dict[str, t.Any]) -> int | None:
+    """Write and commit the row of a dispatch on our own, its job queued first: RQ hands the
+    job to a worker while the row commits, instead of after (the commit is the longest part
+    of a dispatch). The job names the row by its dedupe key and waits for it if it comes
+    first (see :func:`driftwise_slack.delivery.deliver_one`); the row stays the promise, the
+    job only wakes a worker. If Redis cannot take the job, the row is written ``pending`` for
+    the sweeper. If the row is a duplicate, or cannot be written, its job is taken back (a
+    job that started already finds the duplicate's row, or none, and does nothing)."""
+    job_id = values["job_id"]
+    if not enqueue_before_insert(deps, values["dedupe_key"], job_id):
+        values.update(status=DeliveryStatus.PENDING.value, lease_until=None, job_id=None)
+        return repo.insert_values_committed(values)
+    try:
+        delivery_id = repo.insert_values_committed(values)
+    except BaseException:
+        take_back(deps, job_id)
+        raise
+    if delivery_id is None:
+        take_back(deps, job_id)
+    return delivery_id
 
 
 def dispatch_many(deps: Deps, events: t.Iterable[ScanEvent], *,

@@ -13,13 +13,14 @@ from .drain import drain
 from .runtime import get_runtime, thread_deps
 
 
-def deliver(delivery_id: int) -> str:
-    """Deliver one notification, then (see :mod:`driftwise_slack.drain`) further ready ones
-    while the queue holds a backlog. Returns the own row's final or interim status (for logs
-    and tests)."""
+def deliver(delivery: int | str) -> str:
+    """Deliver one notification (its row's id, or the dedupe key of a row being dispatched:
+    see :func:`~driftwise_slack.delivery.deliver_one`), then (see
+    :mod:`driftwise_slack.drain`) further ready ones while the queue holds a backlog. Returns
+    the own row's final or interim status (for logs and tests)."""
     deps = get_runtime().deps()
     try:
-        status = deliver_one(deps, delivery_id)
+        status = deliver_one(deps, delivery)
         job = get_current_job()
         if job is not None:
             drain(deps, job_id=job.id, thread_deps=thread_deps())

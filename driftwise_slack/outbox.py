@@ -14,7 +14,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from .models import Delivery, DeliveryStatus, utcnow
-from .queue import enqueue_delivery, get_queue
+from .queue import enqueue_delivery, get_queue, withdraw
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session, SessionTransaction
@@ -91,6 +91,26 @@ def enqueue_after_commit(deps: Deps, delivery_id: int, job_id: str, *,
         log.error("could not queue delivery %s (%s); the sweeper will retry", delivery_id,
                   type(exc).__name__)
         _mark_pending(deps, delivery_id)
+
+
+def enqueue_before_insert(deps: Deps, dedupe_key: str, job_id: str) -> bool:
+    """Queue the job of a row about to be written, named by its dedupe key (see
+    ``dispatch._insert_woken``); ``False`` when Redis cannot take it (nothing was queued)."""
+    try:
+        enqueue_delivery(get_queue(deps.redis()), dedupe_key, job_id=job_id)
+    except RedisError as exc:
+        log.error("could not queue a delivery (%s); the sweeper will", type(exc).__name__)
+        return False
+    return True
+
+
+def take_back(deps: Deps, job_id: str) -> None:
+    """Remove a queued job whose row was not written; best effort (a job left behind finds no
+    row of its own and does nothing)."""
+    try:
+        withdraw(deps.redis(), job_id)
+    except RedisError as exc:
+        log.warning("could not take back job %s (%s)", job_id, type(exc).__name__)
 
 
 def enqueue_many_after_commit(deps: Deps, jobs: t.Sequence[tuple[int, str]]) -> None:

@@ -94,9 +94,11 @@ def job_id_for(delivery_id: int | None, *, org_id: str, channel: str | None) -> 
     return f"dwslack-{lane_of(org_id, channel)}-{number}-{uuid.uuid4().hex[:8]}"
 
 
-def enqueue_delivery(queue: Queue, delivery_id: int, *, job_id: str,
+def enqueue_delivery(queue: Queue, delivery_id: int | str, *, job_id: str,
                      delay: float = 0.0, pipeline: t.Any = None) -> None:
     """Queue ``jobs.deliver(delivery_id)`` now, or after ``delay`` seconds via the scheduler.
+    ``delivery_id`` is the row's id, or the dedupe key of a row not yet written (see
+    :func:`driftwise_slack.dispatch.dispatch`).
 
     Raises ``redis.exceptions.RedisError`` when Redis is unreachable; callers keep the row.
     """
@@ -261,6 +263,14 @@ def drop_jobs(connection: Redis, job_ids: t.Sequence[str]) -> None:
             for job_id in job_ids[start:start + PIPELINE_CHUNK]:
                 pipe.delete(Job.key_for(job_id))
             pipe.execute()
+
+
+def withdraw(connection: Redis, job_id: str) -> None:
+    """Take a queued job off the queue and delete its record (one round trip)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lrem(QUEUE_KEY, 0, job_id)
+        pipe.delete(Job.key_for(job_id))
+        pipe.execute()
 
 
 def waiting(connection: Redis) -> int:

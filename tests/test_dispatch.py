@@ -4,6 +4,8 @@ Real PostgreSQL and Redis; the Redis-outage test stops and restarts a Redis of i
 """
 from __future__ import annotations
 
+import threading
+import time
 import typing as t
 
 import pytest
@@ -12,9 +14,12 @@ from rq.job import Job
 
 import services
 from delivery_helpers import connect, deliveries, drain, fail_scan, installations, schedule, work
+from driftwise_slack import delivery
+from driftwise_slack.delivery import deliver_one
 from driftwise_slack.host import EventType, ScanEvent
 from driftwise_slack.queue import get_queue
 from driftwise_slack.reference_host.integration import slack as extension
+from driftwise_slack.repository import DeliveryRepository
 from driftwise_slack.runtime import get_runtime
 from factories import ApiActions, EmulatorClient
 
@@ -57,10 +62,12 @@ def test_the_same_event_twice_is_one_row_and_one_post(
         extension.dispatch(event(org_id))
     [row] = deliveries(db)
     assert row["dedupe_key"] == f"scheduled_scan_failed:{org_id}:42:run-1"
+    # One job: queued before its row was written, it names the row by its dedupe key; the
+    # duplicate's job was taken back when its row turned out to exist.
     assert queued_job_ids(app) == [row["job_id"]]
     job = Job.fetch(row["job_id"], connection=get_runtime(app).redis)
     assert (job.func_name, job.args, job.kwargs) == ("driftwise_slack.jobs.deliver",
-                                                     (row["id"],), {})
+                                                     (row["dedupe_key"],), {})
 
     [row] = drain(app, db)
     with app.app_context():
@@ -198,3 +205,82 @@ def test_the_sweeper_leaves_live_jobs_alone_and_requeues_vanished_ones(
     [row] = drain(app, db)
     assert row["status"] == "sent"
     assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
+
+
+def test_a_job_that_runs_before_its_row_is_written_waits_for_it_and_posts_once(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
+    # On its own the dispatcher queues the job first, so a worker may look for the row
+    # before its commit: the job waits for it.
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+    the_event = event(org_id)
+    outcome: list[str] = []
+
+    def early_job() -> None:
+        with app.app_context():
+            runtime = get_runtime(app)
+            try:
+                outcome.append(deliver_one(runtime.deps(), the_event.dedupe_key))
+            finally:
+                runtime.remove_session()
+
+    early = threading.Thread(target=early_job)
+    early.start()
+    time.sleep(0.03)   # the job has looked, found nothing, and waits
+    with app.app_context():
+        extension.dispatch(the_event)
+    early.join(timeout=5)
+    assert outcome == ["sent"]
+    work(app)   # the dispatch's own job finds its row handled
+    [row] = deliveries(db)
+    assert row["status"] == "sent" and row["attempts"] == 1
+    assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
+
+
+def test_a_job_whose_row_never_comes_gives_up_and_a_duplicates_job_does_not_wait(
+        actions: ApiActions, app: t.Any, db: t.Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+    pauses: list[float] = []
+    monkeypatch.setattr(delivery, "DISPATCH_WAITS", (0.001, 0.002))
+    monkeypatch.setattr(delivery.time, "sleep", pauses.append)
+    with app.app_context():
+        runtime = get_runtime(app)
+        assert deliver_one(runtime.deps(), "scheduled_scan_failed:nobody:1:r") == "not_claimed"
+        assert pauses == [0.001, 0.002]
+        assert any("did not appear" in r.message for r in caplog.records)
+        extension.dispatch(event(org_id))
+        [row] = drain(app, db)
+        pauses.clear()
+        assert deliver_one(runtime.deps(), row["dedupe_key"]) == "not_claimed"
+        assert pauses == []   # its row is there, handled: nothing to wait for
+        runtime.remove_session()
+
+
+def test_a_dispatch_on_its_own_without_redis_writes_its_row_for_the_sweeper(
+        make_app: t.Callable[..., t.Any], db: t.Any, slack: EmulatorClient,
+        own_redis: services.RedisProcess) -> None:
+    app = make_app(REDIS_URL=own_redis.url)
+    connect(ApiActions(app, app.test_client(), slack))
+    org_id = installations(db)[0]["org_id"]
+    own_redis.stop()
+    with app.app_context():
+        extension.dispatch(event(org_id))
+    [row] = deliveries(db)
+    assert (row["status"], row["job_id"], row["lease_until"]) == ("pending", None, None)
+
+
+def test_a_row_that_cannot_be_written_takes_its_queued_job_back(
+        actions: ApiActions, app: t.Any, db: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    connect(actions)
+    org_id = installations(db)[0]["org_id"]
+
+    def refused(*_args: t.Any, **_kwargs: t.Any) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(DeliveryRepository, "insert_values_committed", refused)
+    with app.app_context(), pytest.raises(sa.exc.OperationalError):
+        extension.dispatch(event(org_id))
+    assert deliveries(db) == [] and queued_job_ids(app) == []
+    assert get_runtime(app).redis.keys("rq:job:*") == []

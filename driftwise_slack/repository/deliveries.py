@@ -93,6 +93,11 @@ class DeliveryRepository(DeliveryLeases):
                 .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Delivery.id))
         return self.session.execute(stmt).scalar_one_or_none()
 
+    def written(self, *, dedupe_key: str) -> bool:
+        """Whether a row with ``dedupe_key`` is there (committed, as this session sees it)."""
+        return self.session.execute(select(Delivery.id).where(
+            Delivery.dedupe_key == dedupe_key)).first() is not None
+
     def insert_values(self, values: t.Mapping[str, t.Any], *, bind: t.Any = None) -> int | None:
         """Insert the row of column ``values`` unless its ``dedupe_key`` exists: the new id, or
         ``None``. A Core ``INSERT .. ON CONFLICT DO NOTHING RETURNING id`` on PostgreSQL and

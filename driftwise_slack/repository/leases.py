@@ -43,25 +43,29 @@ from .prepared import Prepared
 class DeliveryLeases(DeliveryRows):
     """Claims, outcomes and leases of delivery rows."""
 
-    def claim(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime,
+    def claim(self, *, delivery_id: int | None = None, dedupe_key: str | None = None,
+              now: dt.datetime, lease_until: dt.datetime,
               job_id: str | None = None) -> Delivery | None:
         """Take the row for sending and return it; ``None`` when another worker has it, it is
         done, or (with ``job_id``) the row now belongs to another job: a stale job of an old
-        enqueue does nothing. Exactly one worker wins; a lapsed lease can be re-taken.
+        enqueue does nothing. Exactly one worker wins; a lapsed lease can be re-taken. The row
+        is named by its id or, for a job queued as its row was being written (see
+        :func:`driftwise_slack.dispatch.dispatch`), by its ``dedupe_key``.
 
         Leases are written and compared on the database's clock: ``lease_until - now`` is the
         length of the lease, ``now`` itself only matters where the database has no clock.
         """
         dialect = self.session.get_bind().dialect.name
-        params: dict[str, t.Any] = {"claim_id": delivery_id, "claim_job": job_id}
+        params = _claim_params(delivery_id, dedupe_key, job_id)
         if dialect == "postgresql":
             params["claim_lease"] = lease_until - now
         else:
             params.update(claim_now=now, claim_until=lease_until)
-        return self.session.scalars(_claim_statement(dialect == "postgresql", job_id is not None),
-                                    params).first()
+        return self.session.scalars(_claim_statement(dialect == "postgresql", job_id is not None,
+                                                     dedupe_key is not None), params).first()
 
-    def claim_and_load(self, *, delivery_id: int, now: dt.datetime, lease_until: dt.datetime,
+    def claim_and_load(self, *, delivery_id: int | None = None, dedupe_key: str | None = None,
+                       now: dt.datetime, lease_until: dt.datetime,
                        job_id: str | None = None) -> tuple[Delivery, Installation | None] | None:
         """:meth:`claim` and commit the row, and load its org's active installation (``None``
         when there is none): ``None`` when the claim failed, as :meth:`claim`.
@@ -77,17 +81,17 @@ class DeliveryLeases(DeliveryRows):
         session = self.session
         bind = self._autocommit_bind()
         if bind is None or session.get_bind().dialect.name != "postgresql":
-            row = self.claim(delivery_id=delivery_id, now=now, lease_until=lease_until,
-                             job_id=job_id)
+            row = self.claim(delivery_id=delivery_id, dedupe_key=dedupe_key, now=now,
+                             lease_until=lease_until, job_id=job_id)
             if row is None:
                 session.rollback()
                 return None
             self.commit_fast()
             return row, _active_installation(session, row.org_id)
-        params: dict[str, t.Any] = {"claim_id": delivery_id, "claim_lease": lease_until - now}
-        if job_id is not None:
-            params["claim_job"] = job_id
-        found: t.Any = _prepared_claim(job_id is not None).execute(session, bind, params).first()
+        params = _claim_params(delivery_id, dedupe_key, job_id)
+        params["claim_lease"] = lease_until - now
+        found: t.Any = (_prepared_claim(job_id is not None, dedupe_key is not None)
+                        .execute(session, bind, params).first())
         session.commit()   # nothing left to commit: hands the connection back
         if found is None:
             return None
@@ -345,17 +349,28 @@ _ROWS_BY_ID = (select(Delivery).where(Delivery.id.in_(bindparam("ids", expanding
                .order_by(Delivery.id).execution_options(populate_existing=True))
 
 
-def _claim_update(on_postgresql: bool, by_job: bool) -> t.Any:
+def _claim_params(delivery_id: int | None, dedupe_key: str | None,
+                  job_id: str | None) -> dict[str, t.Any]:
+    if (delivery_id is None) == (dedupe_key is None):
+        raise TypeError("name the row by delivery_id or by dedupe_key, not both")
+    params: dict[str, t.Any] = {"claim_id": delivery_id if dedupe_key is None else dedupe_key}
+    if job_id is not None:
+        params["claim_job"] = job_id
+    return params
+
+
+def _claim_update(on_postgresql: bool, by_job: bool, by_key: bool = False) -> t.Any:
     """The claim's ``UPDATE``, for statements built once per kind: building it anew for every
     delivery cost more of the worker's time than the database took to run it. On PostgreSQL
-    the database's clock; elsewhere the caller's ``now`` and ``lease_until``."""
+    the database's clock; elsewhere the caller's ``now`` and ``lease_until``. ``claim_id`` is
+    the row's id, or with ``by_key`` its dedupe key."""
     if on_postgresql:
         now: t.Any = func.statement_timestamp()
         lease_until = now + bindparam("claim_lease", type_=Interval())
     else:
         now = bindparam("claim_now", type_=UTCDateTime())
         lease_until = bindparam("claim_until", type_=UTCDateTime())
-    conditions = [Delivery.id == bindparam("claim_id"),
+    conditions = [(Delivery.dedupe_key if by_key else Delivery.id) == bindparam("claim_id"),
                   or_(Delivery.status.in_((DeliveryStatus.PENDING.value,
                                            DeliveryStatus.QUEUED.value)),
                       (Delivery.status == DeliveryStatus.SENDING.value)
@@ -368,20 +383,21 @@ def _claim_update(on_postgresql: bool, by_job: bool) -> t.Any:
 
 
 @functools.cache
-def _claim_statement(on_postgresql: bool, by_job: bool) -> t.Any:
+def _claim_statement(on_postgresql: bool, by_job: bool, by_key: bool) -> t.Any:
     """The claim's ``UPDATE .. RETURNING`` the row, built once per kind (see
     :func:`_claim_update`)."""
-    return (_claim_update(on_postgresql, by_job).returning(Delivery)
+    return (_claim_update(on_postgresql, by_job, by_key).returning(Delivery)
             .execution_options(synchronize_session=False, populate_existing=True))
 
 
 @functools.cache
-def _claim_and_load_statement(by_job: bool) -> t.Any:
+def _claim_and_load_statement(by_job: bool, by_key: bool) -> t.Any:
     """The PostgreSQL claim of :meth:`DeliveryLeases.claim_and_load`: the claim as a CTE, the
     org's active installation beside it (a LATERAL lookup, so none gives ``NULL`` columns),
     and ``set_config`` making this statement's own transaction commit without waiting for
     the WAL flush. Built once per kind."""
-    claimed = _claim_update(True, by_job).returning(*Delivery.__table__.columns).cte("claimed")
+    claimed = (_claim_update(True, by_job, by_key).returning(*Delivery.__table__.columns)
+               .cte("claimed"))
     latest = (select(Installation).where(Installation.org_id == claimed.c.org_id)
               .order_by(Installation.completed_at.desc(), Installation.id.desc())
               .limit(1).lateral("latest"))
@@ -392,10 +408,10 @@ def _claim_and_load_statement(by_job: bool) -> t.Any:
 
 
 @functools.cache
-def _prepared_claim(by_job: bool) -> Prepared:
+def _prepared_claim(by_job: bool, by_key: bool) -> Prepared:
     """:func:`_claim_and_load_statement`, planned once per connection (see :mod:`.prepared`)."""
     inputs = ("claim_id", "claim_lease", "claim_job") if by_job else ("claim_id", "claim_lease")
-    return Prepared(_claim_and_load_statement(by_job), inputs)
+    return Prepared(_claim_and_load_statement(by_job, by_key), inputs)
 
 
 def _active_installation(session: Session, org_id: str) -> Installation | None:
