@@ -141,10 +141,10 @@ def _claim_dispatched(deps: Deps, dedupe_key: str,
         claimed = _claim(deps, job_id, dedupe_key=dedupe_key)
         if claimed is not None:
             return claimed
-        if deliveries.written(dedupe_key=dedupe_key):
-            deps.session.rollback()
-            return None
+        written = deliveries.written(dedupe_key=dedupe_key)
         deps.session.rollback()
+        if written:   # committed since the claim looked, or a row this job cannot have
+            return _claim(deps, job_id, dedupe_key=dedupe_key)
         if pause is None:
             log.warning("the row of job %s did not appear; the sweeper will queue it if it "
                         "comes", job_id)

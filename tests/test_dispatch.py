@@ -237,6 +237,32 @@ def test_a_job_that_runs_before_its_row_is_written_waits_for_it_and_posts_once(
     assert len(slack.messages("C0ALERTS")) == 1 == slack.count("chat.postMessage")
 
 
+def test_a_row_committed_between_the_jobs_claim_and_its_second_look_is_claimed(
+        actions: ApiActions, app: t.Any, db: t.Any, slack: EmulatorClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    connect(actions)
+    the_event = event(installations(db)[0]["org_id"])
+    looked = DeliveryRepository.written
+
+    def dispatched_meanwhile(self: DeliveryRepository, *, dedupe_key: str) -> bool:
+        def dispatch() -> None:
+            with app.app_context():
+                extension.dispatch(the_event)
+                get_runtime(app).remove_session()
+
+        other = threading.Thread(target=dispatch)   # its own session, as another process
+        other.start()
+        other.join(timeout=5)
+        return looked(self, dedupe_key=dedupe_key)
+
+    monkeypatch.setattr(DeliveryRepository, "written", dispatched_meanwhile)
+    with app.app_context():
+        runtime = get_runtime(app)
+        assert deliver_one(runtime.deps(), the_event.dedupe_key) == "sent"
+        runtime.remove_session()
+    assert len(slack.messages("C0ALERTS")) == 1
+
+
 def test_a_job_whose_row_never_comes_gives_up_and_a_duplicates_job_does_not_wait(
         actions: ApiActions, app: t.Any, db: t.Any, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
