@@ -72,7 +72,9 @@ class PlanCache:
 
     With ``refresh`` (a function that runs a task off the caller's thread), an answer used in
     the second half of its life is asked again in the background: an org with alerts flowing
-    keeps a fresh answer, and its deliveries do not wait on the host's database. Nothing is
+    keeps a fresh answer, and its deliveries do not wait on the host's database. The asking
+    waits for :meth:`refresh_stale`, which the worker calls once a delivery is over: started at
+    once, the host's lookup ran beside the post it was asked for, and slowed it. Nothing is
     kept longer for it: every answer is still at most ``ttl`` seconds old, counted from when
     it was asked; a refresh that fails leaves the old answer to expire on time.
     """
@@ -83,6 +85,8 @@ class PlanCache:
         self.ttl, self.size, self.clock, self.refresh = ttl, size, clock, refresh
         self._answers: dict[str, tuple[float, bool]] = {}
         self._refreshing: set[str] = set()
+        #: Orgs whose answer was used in the second half of its life, to ask again.
+        self._stale: set[str] = set()
         self._lock = threading.Lock()
 
     def allows_slack(self, host: HostAdapter, org_id: str) -> bool:
@@ -92,8 +96,17 @@ class PlanCache:
         if kept is None or kept[0] <= now:
             return self._ask(host, org_id)
         if self.refresh is not None and kept[0] - now < self.ttl / 2:
-            self._refresh_ahead(host, org_id)
+            with self._lock:
+                self._stale.add(org_id)
         return kept[1]
+
+    def refresh_stale(self, host: HostAdapter) -> None:
+        """Ask again, in the background, for the answers used in the second half of their
+        life since the last call."""
+        with self._lock:
+            stale, self._stale = self._stale, set()
+        for org_id in stale:
+            self._refresh_ahead(host, org_id)
 
     def _ask(self, host: HostAdapter, org_id: str) -> bool:
         asked_at = self.clock()

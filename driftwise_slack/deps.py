@@ -61,6 +61,11 @@ class Deps:
             return plan_allows_slack(self.host, org_id)
         return self.plans.allows_slack(self.host, org_id)
 
+    def refresh_plans(self) -> None:
+        """Ask again for plan answers getting old (see ``access.PlanCache.refresh_stale``)."""
+        if self.plans is not None:
+            self.plans.refresh_stale(self.host)
+
     def redis(self) -> Redis:
         """The queue's Redis connection (real, or the demo's embedded fakeredis)."""
         if self.connect is None:

@@ -27,3 +27,4 @@ def deliver(delivery: int | str) -> str:
         return status
     finally:
         deps.session.close()
+        deps.refresh_plans()   # after the posts, not beside them

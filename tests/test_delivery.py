@@ -90,6 +90,20 @@ def test_failed_scheduled_scan_posts_once_with_the_details(
     assert message["text"].startswith("Scheduled scan failed: Nightly prod")
 
 
+def test_a_job_asks_again_for_plans_getting_old_only_once_its_post_is_done(
+        actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    connect(actions)
+    schedule_id = schedule(actions)
+    plans = get_runtime(app).plans
+    seen: list[int] = []   # posts Slack had when the job handed off its stale plans
+    monkeypatch.setattr(plans, "refresh_stale",
+                        lambda _host: seen.append(slack.count("chat.postMessage")))
+    fail_scan(actions, schedule_id)
+    [row] = drain(app, db)
+    assert row["status"] == "sent" and seen == [1]
+
+
 def test_three_failures_post_three_messages_and_the_auto_disable(
         actions: t.Any, app: t.Any, db: t.Any, slack: EmulatorClient) -> None:
     connect(actions)

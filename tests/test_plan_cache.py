@@ -105,10 +105,13 @@ def test_an_answer_in_use_is_asked_again_ahead_of_its_expiry_in_the_background()
     assert plans.allows_slack(host, "1") is True
     clock.now += 2.0                        # first half of its life: nothing to do
     assert plans.allows_slack(host, "1") is True and runner.tasks == []
-    clock.now += 1.0                        # second half: one refresh, answered from the cache
+    clock.now += 1.0                        # second half: answered from the cache...
     host.plans["1"] = Plan.FREE
     assert plans.allows_slack(host, "1") is True
     assert plans.allows_slack(host, "1") is True
+    assert runner.tasks == [] and host.asked == 1   # ...asked again once the delivery is over
+    plans.refresh_stale(host)
+    plans.refresh_stale(host)               # once: nothing was used since
     assert len(runner.tasks) == 1 and host.asked == 1
     runner.run()                            # the downgrade is seen by the refresh...
     assert host.asked == 2
@@ -125,9 +128,11 @@ def test_a_failed_refresh_leaves_the_old_answer_to_expire_on_time() -> None:
     plans.allows_slack(host, "1")
     clock.now += 3.0
     plans.allows_slack(host, "1")
+    plans.refresh_stale(host)
     host.down = True
     runner.run()
     assert plans.allows_slack(host, "1") is True            # still within its 5 s
+    plans.refresh_stale(host)
     runner.run()                                            # tried again, failed again
     clock.now += 2.1
     with pytest.raises(PlanCheckFailed):                    # then it fails closed
@@ -140,7 +145,9 @@ def test_a_runner_that_is_shutting_down_changes_nothing() -> None:
     plans.allows_slack(host, "1")
     clock.now += 3.0
     assert plans.allows_slack(host, "1") is True
+    plans.refresh_stale(host)
     assert plans.allows_slack(host, "1") is True            # not stuck as "refreshing"
+    plans.refresh_stale(host)
     clock.now += 2.1
     assert plans.allows_slack(host, "1") is True and host.asked == 2
 
@@ -171,6 +178,7 @@ def test_the_runtime_refreshes_on_its_background_thread_inside_the_app(
         assert deps.plan_allows_slack("1") is True
         clock.now += 3.0
         assert deps.plan_allows_slack("1") is True
+        deps.refresh_plans()
     assert done.wait(5)
     assert seen[0] == (threading.current_thread().name, True)
     assert seen[1][0].startswith("driftwise-slack-background") and seen[1][1]
