@@ -34,7 +34,7 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from ._base import DeliveryRows
+from ._base import _DB_LATER, _DB_NOW, _LEASE_KEY, DeliveryRows, _unnest
 from .accounts import InstallationRepository
 from .notices import AdminNoticeRepository, forget_notices
 from .prepared import Prepared
@@ -115,23 +115,7 @@ class DeliveryLeases(DeliveryRows):
         # (``= ANY``): statistics taken before a backlog arrived (the table looked empty of
         # unfinished rows) otherwise led the planner to re-run the window for every unfinished
         # row, 30 ms a claim at 600 queued rows and a second beside a long history.
-        stmt = text(f"""
-            WITH win AS MATERIALIZED (SELECT id, org_id, channel FROM slack_deliveries
-                                      WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
-            heads AS MATERIALIZED (SELECT DISTINCT ON (org_id, channel) id FROM win
-                                   ORDER BY org_id, channel, id),
-            picked AS (SELECT d.id, d.job_id FROM slack_deliveries d
-                       WHERE d.id = ANY (ARRAY(SELECT id FROM heads))
-                         AND d.status = :queued AND d.job_id IS NOT NULL
-                         AND (d.not_before IS NULL OR d.not_before <= statement_timestamp())
-                         AND d.lease_until > statement_timestamp()
-                       ORDER BY d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
-            UPDATE slack_deliveries AS d
-               SET status = :sending, job_id = :job_id, attempts = d.attempts + 1,
-                   lease_until = statement_timestamp() + :lease,
-                   updated_at = statement_timestamp()
-              FROM picked WHERE d.id = picked.id
-            RETURNING d.id, picked.job_id""")
+        stmt = _LANE_HEADS
         taken = {int(found[0]): found[1] for found in self.session.execute(stmt, {
             "window": window, "limit": limit, "queued": DeliveryStatus.QUEUED.value,
             "sending": DeliveryStatus.SENDING.value, "job_id": job_id, "lease": lease})}
@@ -232,7 +216,9 @@ class DeliveryLeases(DeliveryRows):
                    Delivery.job_id)
         if not resync:
             key = self._lease_key()
-            stmt = (select(*columns).where(text(UNFINISHED_SQL), key < self.now())
+            now = self.now()
+            stmt = (_unattended_on_postgresql(limit) if now is _DB_NOW else
+                    select(*columns).where(text(UNFINISHED_SQL), key < now)
                     .order_by(key, Delivery.id).limit(limit))
             # Handed back by id: the batch's writes then lock rows in id order, as every other
             # sweeper's and ``slack requeue``'s do, so two of them never deadlock.
@@ -254,12 +240,8 @@ class DeliveryLeases(DeliveryRows):
         until, until_params = self.later(seconds)
         changed = 0
         for chunk, params in self._matched(pairs, ("id", "job_id")):
-            stmt = (update(Delivery)
-                    .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
-                           Delivery.status == DeliveryStatus.QUEUED.value,
-                           Delivery.lease_until < db_now)
-                    .values(lease_until=until)
-                    .execution_options(synchronize_session=False))
+            stmt = (_EXTEND_ON_POSTGRESQL if db_now is _DB_NOW else
+                    _extend_statement(chunk, db_now, until))
             result = self.session.execute(stmt, params | until_params)
             changed += int(getattr(result, "rowcount", 0) or 0)
         return changed
@@ -276,19 +258,10 @@ class DeliveryLeases(DeliveryRows):
             return []
         db_now = self.now()
         until, until_params = self.later(seconds)
-        lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
-        if resync:
-            lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
         taken: list[tuple[int, str]] = []
         for chunk, params in self._matched(triples, ("id", "seen", "new")):
-            stmt = (update(Delivery)
-                    .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
-                           Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
-                    .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
-                            lease_until=until,
-                            updated_at=db_now)
-                    .returning(Delivery.id, Delivery.job_id)
-                    .execution_options(synchronize_session=False))
+            stmt = (_take_on_postgresql(resync) if db_now is _DB_NOW else
+                    _take_statement(chunk, db_now, until, resync))
             taken += [(int(found[0]), str(found[1]))
                       for found in self.session.execute(stmt, params | until_params)]
         return taken
@@ -342,6 +315,25 @@ class DeliveryLeases(DeliveryRows):
                 .order_by(key, Delivery.id).limit(limit))
         return list(self.session.scalars(stmt))
 
+
+#: :meth:`DeliveryLeases.claim_lane_heads`'s statement, built once (see ``_ROWS_BY_ID``).
+_LANE_HEADS = text(f"""
+    WITH win AS MATERIALIZED (SELECT id, org_id, channel FROM slack_deliveries
+                              WHERE {UNFINISHED_SQL} ORDER BY id LIMIT :window),
+    heads AS MATERIALIZED (SELECT DISTINCT ON (org_id, channel) id FROM win
+                           ORDER BY org_id, channel, id),
+    picked AS (SELECT d.id, d.job_id FROM slack_deliveries d
+               WHERE d.id = ANY (ARRAY(SELECT id FROM heads))
+                 AND d.status = :queued AND d.job_id IS NOT NULL
+                 AND (d.not_before IS NULL OR d.not_before <= statement_timestamp())
+                 AND d.lease_until > statement_timestamp()
+               ORDER BY d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
+    UPDATE slack_deliveries AS d
+       SET status = :sending, job_id = :job_id, attempts = d.attempts + 1,
+           lease_until = statement_timestamp() + :lease,
+           updated_at = statement_timestamp()
+      FROM picked WHERE d.id = picked.id
+    RETURNING d.id, picked.job_id""")
 
 #: Delivery rows by id (a list), as they are now in the database. Built once: a statement
 #: built per call leaves its bound parameters in reference cycles until a full collection.
@@ -469,3 +461,48 @@ def _writes_besides(session: Session, row: Delivery) -> bool:
     """Whether ``session`` holds changes to write other than ``row``'s own."""
     return bool(session.new or session.deleted
                 or any(other is not row for other in session.dirty))
+
+
+# The sweeper's statements. On PostgreSQL each is built once (on the database's clock, the batch
+# as arrays): a statement built per batch leaves its parts in reference cycles, and a sweep
+# renewing the leases of a large backlog runs dozens of batches while deliveries go on, which
+# left the worker's heap larger for good. Elsewhere (SQLite: this process's clock, one row per
+# statement) built per call.
+
+def _extend_statement(chunk: t.Any, db_now: t.Any, until: t.Any) -> t.Any:
+    return (update(Delivery)
+            .where(Delivery.id == chunk["id"], Delivery.job_id == chunk["job_id"],
+                   Delivery.status == DeliveryStatus.QUEUED.value,
+                   Delivery.lease_until < db_now)
+            .values(lease_until=until)
+            .execution_options(synchronize_session=False))
+
+
+_EXTEND_ON_POSTGRESQL = _extend_statement(_unnest(("id", "job_id")), _DB_NOW, _DB_LATER)
+
+
+def _take_statement(chunk: t.Any, db_now: t.Any, until: t.Any, resync: bool) -> t.Any:
+    lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < db_now)
+    if resync:
+        lapsed = or_(lapsed, Delivery.status != DeliveryStatus.SENDING.value)
+    return (update(Delivery)
+            .where(Delivery.id == chunk["id"], text(UNFINISHED_SQL),
+                   Delivery.job_id.is_not_distinct_from(chunk["seen"]), lapsed)
+            .values(status=DeliveryStatus.QUEUED.value, job_id=chunk["new"],
+                    lease_until=until, updated_at=db_now)
+            .returning(Delivery.id, Delivery.job_id)
+            .execution_options(synchronize_session=False))
+
+
+@functools.cache
+def _take_on_postgresql(resync: bool) -> t.Any:
+    return _take_statement(_unnest(("id", "seen", "new")), _DB_NOW, _DB_LATER, resync)
+
+
+@functools.lru_cache(maxsize=8)
+def _unattended_on_postgresql(limit: int) -> t.Any:
+    key = _LEASE_KEY
+    return (select(Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
+                   Delivery.job_id)
+            .where(text(UNFINISHED_SQL), key < _DB_NOW).order_by(key, Delivery.id)
+            .limit(limit))
