@@ -100,15 +100,19 @@ def _insert_woken(deps: Deps, repo: DeliveryRepository, values: dict[str, t.Any]
     job to a worker while the row commits, instead of after (the commit is the longest part
     of a dispatch). The job names the row by its dedupe key and waits for it if it comes
     first (see :func:`driftwise_slack.delivery.deliver_one`); the row stays the promise, the
-    job only wakes a worker. If Redis cannot take the job, the row is written ``pending`` for
-    the sweeper. If the row is a duplicate, or cannot be written, its job is taken back (a
-    job that started already finds the duplicate's row, or none, and does nothing)."""
+    job only wakes a worker; it can see the row before the row's commit reaches the disk, and
+    this returns after (see ``DeliveryRepository.insert_values``), so a database that is slow
+    to flush delays the caller, not the post. If Redis cannot take the job, the row is written
+    ``pending`` for the sweeper. If the row is a duplicate, or cannot be written, its job is
+    taken back (a job that started already finds the duplicate's row, or none, and does
+    nothing)."""
     job_id = values["job_id"]
     if not enqueue_before_insert(deps, values["dedupe_key"], job_id):
         values.update(status=DeliveryStatus.PENDING.value, lease_until=None, job_id=None)
         return repo.insert_values_committed(values)
     try:
-        delivery_id = repo.insert_values_committed(values)
+        # Seen by the worker as soon as written, durable before we return.
+        delivery_id = repo.insert_values_committed(values, visible_first=True)
     except BaseException:
         take_back(deps, job_id)
         raise

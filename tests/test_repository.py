@@ -641,3 +641,22 @@ def test_a_prepared_claim_is_run_by_name_and_survives_its_statement_going_away(
     db.commit()
     assert db.execute(text("SELECT count(*) FROM slack_deliveries WHERE status = 'sending' "
                            "AND attempts = 1")).scalar_one() == 4
+
+
+def test_a_row_written_visible_first_is_seen_before_its_flush_and_durable_on_return(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    seen = _watch(engine, autocommit)
+    with _session(engine, autocommit) as session:
+        repo = DeliveryRepository(session)
+        new_id = repo.insert_values_committed(_values("k1"), visible_first=True)
+        assert repo.insert_values_committed(_values("k1"), visible_first=True) is None
+    # The row's commit does not wait for the disk; the next statement's does, which flushes
+    # the WAL past the row's commit. A duplicate writes nothing, so it waits for nothing.
+    assert [(" ".join(sql.split())[:52], on_its_own) for sql, on_its_own in seen] == [
+        ("SET LOCAL synchronous_commit TO OFF; INSERT INTO sla", True),
+        ("SELECT txid_current()", True),
+        ("SET LOCAL synchronous_commit TO OFF; INSERT INTO sla", True)]
+    assert db.execute(text("SELECT id FROM slack_deliveries")).scalars().all() == [new_id]
+    with autocommit.connect() as conn:   # the pooled connection kept its own setting
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    db.commit()

@@ -98,11 +98,18 @@ class DeliveryRepository(DeliveryLeases):
         return self.session.execute(select(Delivery.id).where(
             Delivery.dedupe_key == dedupe_key)).first() is not None
 
-    def insert_values(self, values: t.Mapping[str, t.Any], *, bind: t.Any = None) -> int | None:
+    def insert_values(self, values: t.Mapping[str, t.Any], *, bind: t.Any = None,
+                      visible_first: bool = False) -> int | None:
         """Insert the row of column ``values`` unless its ``dedupe_key`` exists: the new id, or
         ``None``. A Core ``INSERT .. ON CONFLICT DO NOTHING RETURNING id`` on PostgreSQL and
         SQLite (one statement, cached once compiled; no ORM object or flush); elsewhere
-        :meth:`add_unique`. ``bind``: an engine to run it on instead of the session's own."""
+        :meth:`add_unique`. ``bind``: an engine to run it on instead of the session's own.
+
+        ``visible_first`` (PostgreSQL, with ``bind``): the row commits without waiting for the
+        WAL flush, so other connections see it at once, and then this waits for the flush
+        (a second statement, ``txid_current()``, whose durable commit flushes the WAL up to
+        itself, the row's commit included): the row is durable when this returns, as
+        without it, but a worker waiting for the row need not wait for the disk too."""
         insert = _dialect_insert(self.session)
         if insert is None:
             return self.insert_unique(Delivery(**values))
@@ -121,16 +128,25 @@ class DeliveryRepository(DeliveryLeases):
                 return t.cast("int | None",
                               self.session.connection().exec_driver_sql(sql, params).scalar())
             with bind.connect() as connection:
-                return t.cast("int | None", connection.exec_driver_sql(sql, params).scalar())
+                if not visible_first:
+                    return t.cast("int | None",
+                                  connection.exec_driver_sql(sql, params).scalar())
+                # One implicit transaction for both statements of the query string.
+                new_id = connection.exec_driver_sql(_VISIBLE_FIRST + sql, params).scalar()
+                if new_id is not None:
+                    connection.exec_driver_sql(_FLUSHED)
+                return t.cast("int | None", new_id)
         stmt = _insert_stmt(insert)
         return self.session.execute(stmt, dict(values), bind_arguments={"bind": bind} if bind
                                     else None).scalar_one_or_none()
 
-    def insert_values_committed(self, values: t.Mapping[str, t.Any]) -> int | None:
+    def insert_values_committed(self, values: t.Mapping[str, t.Any], *,
+                                visible_first: bool = False) -> int | None:
         """:meth:`insert_values`, committed (durably) before it returns. On PostgreSQL, on a
         session that has run nothing in its transaction, the ``INSERT`` runs on its own: one
-        round trip (see ``_autocommit_bind``)."""
-        new_id = self.insert_values(values, bind=self._autocommit_bind())
+        round trip (see ``_autocommit_bind``); ``visible_first``: see :meth:`insert_values`."""
+        bind = self._autocommit_bind()
+        new_id = self.insert_values(values, bind=bind, visible_first=visible_first)
         self.session.commit()
         return new_id
 
@@ -299,6 +315,10 @@ class DeliveryRepository(DeliveryLeases):
 
 
 _UTC = UTCDateTime()
+#: Before an ``INSERT`` in the same query string: its commit does not wait for the WAL flush.
+_VISIBLE_FIRST = "SET LOCAL synchronous_commit TO OFF; "
+#: A transaction that gets an id commits durably, flushing the WAL up to its commit record.
+_FLUSHED = "SELECT txid_current()"
 
 
 @functools.lru_cache(maxsize=8)
