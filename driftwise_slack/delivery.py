@@ -135,9 +135,9 @@ def _claim_dispatched(deps: Deps, dedupe_key: str,
     """Claim the row a dispatcher is writing as this job runs: the dispatcher queues the job
     first and commits the row while RQ hands the job over, so the row is usually there. When
     it is not, and no row with its key is either (a row with it that cannot be claimed is a
-    duplicate's, or handled), the job waits for it, a little longer each time, up to
-    :data:`DISPATCH_WAITS`. A row that comes later still is ``queued`` under this job's id with
-    a running lease: the sweeper queues it again once that lapses. Nothing is lost."""
+    duplicate's, or handled), the job looks again after each pause of :data:`DISPATCH_WAITS`
+    (half a second in all). A row that comes later still is ``queued`` under this job's id
+    with a running lease: the sweeper queues it again once that lapses. Nothing is lost."""
     deliveries = DeliveryRepository(deps.session)
     for pause in (*DISPATCH_WAITS, None):
         claimed = _claim(deps, job_id, dedupe_key=dedupe_key)
