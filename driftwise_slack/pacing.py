@@ -209,9 +209,14 @@ class _AfterUpkeep:
         self._entries: list[str] = []
 
     def give_back(self) -> None:
-        """Remove the slot taken by this admission's script."""
-        if self._entries:
+        """Remove the slot taken by this admission's script. Best effort: the hold is known
+        already, and a slot left behind lapses with its window."""
+        if not self._entries:
+            return
+        try:
             self.redis.zrem(self.key, *self._entries)
+        except RedisError as exc:
+            log.warning("could not give back a pacing slot (%s)", type(exc).__name__)
 
     def evalsha(self, *args: t.Any) -> t.Any:
         # (sha, number of keys, the keys..., timestamp, weight, item name, ...)

@@ -142,6 +142,20 @@ def test_a_hold_comes_before_the_window(redis: redis_lib.Redis, redis_url: str) 
     assert [_slots(redis, key) for key in redis.keys("driftwise_slack:pace:*")] in ([], [0])
 
 
+def test_a_held_channel_stays_held_when_its_slot_cannot_be_given_back(
+        redis: redis_lib.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pacer = _pacer(redis, redis_url)
+    pacer.hold(scope="T1", channel="C1", seconds=30)
+    connection = pacer._connect()
+
+    def refused(*_args: t.Any) -> None:
+        raise redis_lib.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(connection, "zrem", refused)
+    admission = pacer.admit(team_id="T1", channel="C1")
+    assert admission.held and 29 < admission.wait <= 30   # not "post now, unpaced"
+
+
 def test_without_redis_the_window_lives_in_memory(redis: redis_lib.Redis) -> None:
     pacer = _pacer(redis, None)
     _fill(pacer, 3)

@@ -660,3 +660,30 @@ def test_a_row_written_visible_first_is_seen_before_its_flush_and_durable_on_ret
     with autocommit.connect() as conn:   # the pooled connection kept its own setting
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
     db.commit()
+
+
+def test_a_claim_names_its_row_by_exactly_one_of_id_and_dedupe_key(
+        engine: Engine, autocommit: Engine, db: t.Any) -> None:
+    row_id = _queued_row(db, "org-a")
+    lease = {"now": NOW, "lease_until": NOW + dt.timedelta(seconds=45)}
+    with _session(engine, autocommit) as session:
+        repo = DeliveryRepository(session)
+        with pytest.raises(TypeError, match="exactly one"):
+            repo.claim_and_load(delivery_id=row_id, dedupe_key="k:org-a:job-1", **lease)
+        with pytest.raises(TypeError, match="exactly one"):
+            repo.claim_and_load(**lease)
+    assert db.execute(text("SELECT status FROM slack_deliveries")).scalar_one() == "queued"
+    db.commit()
+
+
+def test_a_prepared_statements_name_follows_its_text() -> None:
+    # A pooler may hand us a server connection another client prepared statements on: a name
+    # found there already must mean the same statement, whatever order each process met them.
+    from driftwise_slack.repository.leases import _claim_and_load_statement
+    from driftwise_slack.repository.prepared import Prepared
+
+    inputs = ("claim_id", "claim_lease", "claim_job")
+    by_id = Prepared(_claim_and_load_statement(True, False), inputs)
+    by_key = Prepared(_claim_and_load_statement(True, True), inputs)
+    assert Prepared(_claim_and_load_statement(True, False), inputs).name == by_id.name
+    assert by_key.name != by_id.name and by_key.body != by_id.body

@@ -62,9 +62,7 @@ class DeliveryRepository(DeliveryLeases):
 
     def add_unique(self, delivery: Delivery) -> Delivery | None:
         """Insert unless a row with the same ``dedupe_key`` exists; ``None`` when it does."""
-        existing = self.session.scalars(
-            select(Delivery.id).where(Delivery.dedupe_key == delivery.dedupe_key)).first()
-        if existing is not None:
+        if self.written(dedupe_key=delivery.dedupe_key):
             return None
         try:
             with self.session.begin_nested():

@@ -212,20 +212,16 @@ class DeliveryLeases(DeliveryRows):
         With ``resync`` (Redis lost its data) every ``pending`` or ``queued`` row counts,
         whatever its lease, as the job it waits on may be gone: then the rows come by id,
         those above ``after_id``, over all unfinished rows (once, after a loss of Redis)."""
-        columns = (Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
-                   Delivery.job_id)
         if not resync:
-            key = self._lease_key()
             now = self.now()
             stmt = (_unattended_on_postgresql(limit) if now is _DB_NOW else
-                    select(*columns).where(text(UNFINISHED_SQL), key < now)
-                    .order_by(key, Delivery.id).limit(limit))
+                    _unattended_statement(now, limit))
             # Handed back by id: the batch's writes then lock rows in id order, as every other
             # sweeper's and ``slack requeue``'s do, so two of them never deadlock.
             return sorted(self.session.execute(stmt), key=lambda row: row.id)
         lapsed = or_(Delivery.lease_until.is_(None), Delivery.lease_until < self.now(),
                      Delivery.status != DeliveryStatus.SENDING.value)
-        stmt = (select(*columns)
+        stmt = (select(*_LIGHT_COLUMNS)
                 .where(text(UNFINISHED_SQL), Delivery.id > after_id, lapsed)
                 .order_by(Delivery.id).limit(limit))
         return list(self.session.execute(stmt))
@@ -344,7 +340,7 @@ _ROWS_BY_ID = (select(Delivery).where(Delivery.id.in_(bindparam("ids", expanding
 def _claim_params(delivery_id: int | None, dedupe_key: str | None,
                   job_id: str | None) -> dict[str, t.Any]:
     if (delivery_id is None) == (dedupe_key is None):
-        raise TypeError("name the row by delivery_id or by dedupe_key, not both")
+        raise TypeError("name the row by exactly one of delivery_id and dedupe_key")
     params: dict[str, t.Any] = {"claim_id": delivery_id if dedupe_key is None else dedupe_key}
     if job_id is not None:
         params["claim_job"] = job_id
@@ -464,10 +460,9 @@ def _writes_besides(session: Session, row: Delivery) -> bool:
 
 
 # The sweeper's statements. On PostgreSQL each is built once (on the database's clock, the batch
-# as arrays): a statement built per batch leaves its parts in reference cycles, and a sweep
-# renewing the leases of a large backlog runs dozens of batches while deliveries go on, which
-# left the worker's heap larger for good. Elsewhere (SQLite: this process's clock, one row per
-# statement) built per call.
+# as arrays): a statement built per batch leaves its parts in reference cycles, garbage until a
+# full collection, and a sweep renewing the leases of a large backlog runs dozens of batches.
+# Elsewhere (SQLite: this process's clock, one row per statement) built per call.
 
 def _extend_statement(chunk: t.Any, db_now: t.Any, until: t.Any) -> t.Any:
     return (update(Delivery)
@@ -499,10 +494,16 @@ def _take_on_postgresql(resync: bool) -> t.Any:
     return _take_statement(_unnest(("id", "seen", "new")), _DB_NOW, _DB_LATER, resync)
 
 
+#: The columns of :meth:`DeliveryLeases.unattended`'s light rows.
+_LIGHT_COLUMNS = (Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
+                  Delivery.job_id)
+
+
+def _unattended_statement(now: t.Any, limit: int) -> t.Any:
+    return (select(*_LIGHT_COLUMNS).where(text(UNFINISHED_SQL), _LEASE_KEY < now)
+            .order_by(_LEASE_KEY, Delivery.id).limit(limit))
+
+
 @functools.lru_cache(maxsize=8)
 def _unattended_on_postgresql(limit: int) -> t.Any:
-    key = _LEASE_KEY
-    return (select(Delivery.id, Delivery.org_id, Delivery.channel, Delivery.status,
-                   Delivery.job_id)
-            .where(text(UNFINISHED_SQL), key < _DB_NOW).order_by(key, Delivery.id)
-            .limit(limit))
+    return _unattended_statement(_DB_NOW, limit)
